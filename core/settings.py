@@ -87,10 +87,10 @@ class Settings:
     """Value of OMP_THREAD_LIMIT for Tesseract; above 1 it competes with itself on small images."""
 
     # Retrieval and answering.
-    retrieval_top_k: int = 5
+    retrieval_top_k: int = 8
     rrf_k: int = 60
     """Constant of reciprocal rank fusion: score = sum of 1 / (rrf_k + rank)."""
-    min_dense_similarity: float = 0.30
+    min_dense_similarity: float = 0.25
     """Below this cosine similarity of the best section, the knowledge base does not cover the question."""
     max_answer_sentences: int = 3
 

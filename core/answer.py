@@ -1,0 +1,349 @@
+"""The offline extractive answer engine: picks the sentences and steps that answer the question.
+
+It needs no generative model. It copies sentences and numbered steps word for word
+from the best knowledge-base section, and lines from the user's screenshot or
+voice note, and puts a ``[n]`` marker after each one. When the best section is
+too far from the question, it says that the knowledge base does not cover the
+question and shows what it read in the user's media instead of guessing.
+
+Example::
+
+    engine = ExtractiveAnswerEngine(embedder=embedder, settings=settings)
+    answer = engine.answer(question, retrieved=hits, ocr_lines=lines, transcript=None)
+    print(answer.text)          # "Your screenshot shows “…” [1]\\n…"
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.documents import CODE_FENCE, IMAGE_CAPTION_PREFIX
+from core.embeddings import TextEmbedder
+from core.retrieval import tokenize
+from core.settings import Settings
+from core.types import Answer, Citation, Evidence, OcrLine, RetrievedSection, Transcript
+
+ENGINE_NAME = "extractive"
+MAX_STEPS = 6
+"""Numbered steps quoted at most from one section."""
+MAX_SCREENSHOT_LINES = 2
+"""Screenshot lines cited at most in a covered answer."""
+MAX_SHOWN_LINES_UNCOVERED = 5
+"""Screenshot lines shown at most when the knowledge base does not cover the question."""
+MIN_OCR_CONFIDENCE = 50.0
+MIN_UNIT_WORDS = 4
+RELATIVE_SCORE_FLOOR = 0.7
+"""A unit is quoted only if its score is at least this share of the best unit's score."""
+STEP_SCORE_FLOOR = 0.5
+"""For a how-to question, steps are quoted if the best step scores at least this share of the best unit."""
+
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"”’)]))\s+(?=[A-Z0-9\"“(])")
+_LIST_ITEM = re.compile(r"^\s*(?:(\d+)[.)]|[-*•])\s+")
+_HOW_TO = re.compile(r"\b(how (?:do|can|to|should)|fix|resolve|solve|steps?|what (?:should|can|do) i|get rid|repair|"
+                     r"restore|enable|disable|change|set ?up|configure|reset)\b", re.IGNORECASE)
+
+
+@dataclass
+class _Unit:
+    """A sentence or list item of a section, the smallest piece the engine quotes."""
+
+    text: str
+    section_rank: int
+    position: int
+    step_number: int | None = None
+    score: float = 0.0
+
+
+class ExtractiveAnswerEngine:
+    """Writes a short answer from retrieved sections and the user's media, citing every sentence."""
+
+    name = ENGINE_NAME
+
+    def __init__(self, *, embedder: TextEmbedder, settings: Settings) -> None:
+        self.embedder = embedder
+        self.settings = settings
+
+    def answer(self, question: str, *, retrieved: list[RetrievedSection], ocr_lines: list[OcrLine],
+               transcript: Transcript | None = None, question_from_transcript: bool = False) -> Answer:
+        """Answer ``question`` from the retrieved sections, the screenshot lines and the transcript."""
+        citations = _CitationList()
+        readable_lines = [line for line in ocr_lines if _is_readable(line)]
+        covered = self.is_covered(retrieved)
+        parts: list[str] = []
+
+        if question_from_transcript and transcript is not None and transcript.segments:
+            parts.append(self._quote_transcript(transcript, citations))
+
+        if not covered:
+            parts.append(self._uncovered_text(readable_lines, citations))
+            return Answer(text="\n\n".join(part for part in parts if part), citations=citations.items,
+                          covered=False, engine=ENGINE_NAME)
+
+        sections = _primary_document_sections(retrieved)
+        units = self._rank_units(question, sections, readable_lines)
+        chosen = self._choose_units(question, units)
+        primary = sections[chosen[0].section_rank] if chosen else sections[0]
+
+        screenshot_lines = _pick_screenshot_lines(question, readable_lines, primary)
+        if screenshot_lines:
+            quoted = " ".join(f"“{line.text}” {citations.cite(_line_evidence(line), line.text)}"
+                              for line in screenshot_lines)
+            parts.append(f"Your screenshot shows {quoted}.")
+
+        if transcript is not None and not question_from_transcript:
+            spoken = _pick_transcript_segment(transcript, primary)
+            if spoken is not None:
+                parts.append(f"In your voice note you said “{spoken.text.strip()}” "
+                             f"{citations.cite(_segment_evidence(transcript, spoken), spoken.text.strip())}.")
+
+        parts.append(self._compose_section_text(chosen, sections, citations))
+        return Answer(text="\n\n".join(part for part in parts if part), citations=citations.items,
+                      covered=True, engine=ENGINE_NAME)
+
+    def is_covered(self, retrieved: list[RetrievedSection]) -> bool:
+        """Decide whether the best section is close enough to the question to answer from it."""
+        if not retrieved:
+            return False
+        best = max((hit.dense_similarity or 0.0) for hit in retrieved)
+        return best >= self.settings.min_dense_similarity
+
+    def _rank_units(self, question: str, sections: list[RetrievedSection],
+                    ocr_lines: list[OcrLine]) -> list[_Unit]:
+        """Split the sections into units and score each against the question and the screenshot text.
+
+        The score mixes embedding similarity to the question alone and to the question
+        with the screenshot text, word overlap with both, and the section's retrieval rank.
+        """
+        units: list[_Unit] = []
+        for rank, hit in enumerate(sections):
+            units.extend(_split_units(hit.section.text, rank, start_position=len(units),
+                                      headings=set(hit.section.heading_path)))
+        if not units:
+            return []
+
+        screenshot_text = " ".join(line.text for line in ocr_lines)
+        with_screenshot = f"{question}\n{screenshot_text}".strip()
+        vectors = self.embedder.embed([question, with_screenshot, *[unit.text for unit in units]])
+        question_similarity = vectors[2:] @ vectors[0]
+        context_similarity = vectors[2:] @ vectors[1]
+        question_tokens = set(tokenize(question))
+        screenshot_tokens = set(tokenize(screenshot_text))
+
+        for index, unit in enumerate(units):
+            unit_tokens = set(tokenize(unit.text))
+            question_overlap = len(unit_tokens & question_tokens) / max(len(question_tokens), 1)
+            screenshot_overlap = len(unit_tokens & screenshot_tokens) / max(len(unit_tokens), 1)
+            rank_weight = 1.0 / (1 + unit.section_rank)
+            unit.score = (0.45 * float(question_similarity[index]) + 0.25 * float(context_similarity[index])
+                          + 0.2 * question_overlap + 0.1 * screenshot_overlap + 0.1 * rank_weight)
+        return units
+
+    def _choose_units(self, question: str, units: list[_Unit]) -> list[_Unit]:
+        """Pick the units to quote, in document order.
+
+        A how-to question gets the best explanatory unit and the numbered steps of the
+        best section that has steps. Any other question gets the best units that score
+        at least RELATIVE_SCORE_FLOOR of the best one, up to max_answer_sentences.
+        """
+        if not units:
+            return []
+
+        ranked = sorted(units, key=lambda unit: unit.score, reverse=True)
+        best = ranked[0]
+        prose = [unit for unit in ranked if unit.step_number is None]
+        steps = [unit for unit in units if unit.step_number is not None]
+
+        floor = RELATIVE_SCORE_FLOOR * best.score
+        best_step = max(steps, key=lambda unit: unit.score, default=None)
+        if best_step is not None and best_step.score >= STEP_SCORE_FLOOR * best.score and _HOW_TO.search(question):
+            chosen = [unit for unit in steps if unit.section_rank == best_step.section_rank][:MAX_STEPS]
+            if prose and prose[0].score >= floor:
+                chosen.insert(0, prose[0])
+        else:
+            chosen = [unit for unit in ranked[:self.settings.max_answer_sentences] if unit.score >= floor]
+        return sorted(chosen, key=lambda unit: unit.position)
+
+    @staticmethod
+    def _compose_section_text(chosen: list[_Unit], sections: list[RetrievedSection],
+                              citations: _CitationList) -> str:
+        """Write the chosen units in document order, each followed by its section's marker."""
+        cited_text: dict[int, list[str]] = {}
+        for unit in chosen:
+            cited_text.setdefault(unit.section_rank, []).append(unit.text)
+
+        markers = {
+            rank: citations.cite(_section_evidence(sections[rank]), " ".join(texts))
+            for rank, texts in cited_text.items()
+        }
+
+        lines: list[str] = []
+        for unit in chosen:
+            prefix = f"{unit.step_number}. " if unit.step_number is not None else ""
+            lines.append(f"{prefix}{unit.text} {markers[unit.section_rank]}")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _uncovered_text(lines: list[OcrLine], citations: _CitationList) -> str:
+        message = "The knowledge base does not cover this question, so Sightline will not guess."
+        if not lines:
+            return message
+        shown = sorted(lines, key=lambda line: (-len(tokenize(line.text)), line.id))[:MAX_SHOWN_LINES_UNCOVERED]
+        shown.sort(key=lambda line: (line.box.top, line.box.left))
+        quoted = "\n".join(f"- “{line.text}” {citations.cite(_line_evidence(line), line.text)}" for line in shown)
+        return f"{message} This is what it read in your screenshot:\n{quoted}"
+
+    @staticmethod
+    def _quote_transcript(transcript: Transcript, citations: _CitationList) -> str:
+        markers = " ".join(citations.cite(_segment_evidence(transcript, segment), segment.text.strip())
+                           for segment in transcript.segments)
+        return f"You asked in your voice note: “{transcript.text}” {markers}"
+
+
+class _CitationList:
+    """Numbers evidence in order of first use; citing the same evidence again reuses its number."""
+
+    def __init__(self) -> None:
+        self.items: list[Citation] = []
+        self._by_id: dict[str, Citation] = {}
+
+    def cite(self, evidence: Evidence, text: str) -> str:
+        existing = self._by_id.get(evidence.id)
+        if existing is None:
+            existing = Citation(n=len(self.items) + 1, evidence=evidence, text=text)
+            self.items.append(existing)
+            self._by_id[evidence.id] = existing
+        return f"[{existing.n}]"
+
+
+def _primary_document_sections(retrieved: list[RetrievedSection]) -> list[RetrievedSection]:
+    """Keep the retrieved sections of the best hit's document, in rank order.
+
+    An answer quoted from one document reads as one explanation, and the other
+    sections of that document often hold the steps that its best section lacks.
+    """
+    best_document = retrieved[0].section.doc_path
+    return [hit for hit in retrieved if hit.section.doc_path == best_document]
+
+
+def _split_units(text: str, section_rank: int, *, start_position: int = 0,
+                 headings: set[str] = frozenset()) -> list[_Unit]:
+    """Split a section's text into list items and sentences, skipping image captions and fragments.
+
+    Positions count from ``start_position``, so units of consecutive sections keep document order.
+    """
+    units: list[_Unit] = []
+    for paragraph in re.split(r"\n\s*\n", _drop_code_blocks(text)):
+        for line in _join_wrapped_lines(paragraph):
+            if line.startswith(IMAGE_CAPTION_PREFIX) or line in headings:
+                continue
+            item = _LIST_ITEM.match(line)
+            if item:
+                step = int(item.group(1)) if item.group(1) else None
+                body = line[item.end():].strip()
+                if body:
+                    units.append(_Unit(body, section_rank, start_position + len(units), step_number=step))
+                continue
+            for sentence in _SENTENCE_END.split(line):
+                sentence = sentence.strip()
+                if len(sentence.split()) >= MIN_UNIT_WORDS and not sentence.endswith(":"):
+                    units.append(_Unit(sentence, section_rank, start_position + len(units)))
+    _renumber_steps(units)
+    return units
+
+
+def _drop_code_blocks(text: str) -> str:
+    """Remove fenced code, which reads badly as an answer sentence, keeping the prose around it."""
+    kept: list[str] = []
+    in_fence = False
+    for line in text.split("\n"):
+        if line.strip() == CODE_FENCE:
+            in_fence = not in_fence
+            kept.append("")
+        elif not in_fence:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _join_wrapped_lines(paragraph: str) -> list[str]:
+    """Join lines that continue the previous one; list items and captions start new lines."""
+    lines: list[str] = []
+    for raw in paragraph.split("\n"):
+        line = raw.strip()
+        if not line:
+            continue
+        starts_new = bool(_LIST_ITEM.match(line)) or line.startswith(IMAGE_CAPTION_PREFIX)
+        if lines and not starts_new and not lines[-1].startswith(IMAGE_CAPTION_PREFIX):
+            lines[-1] = f"{lines[-1]} {line}"
+        else:
+            lines.append(line)
+    return lines
+
+
+def _renumber_steps(units: list[_Unit]) -> None:
+    """Number consecutive steps 1, 2, 3 even when the source writes every step as ``1.``."""
+    counter = 0
+    previous_position = None
+    for unit in units:
+        if unit.step_number is None:
+            counter = 0
+            continue
+        if previous_position is not None and unit.position != previous_position + 1:
+            counter = 0
+        counter += 1
+        unit.step_number = counter
+        previous_position = unit.position
+
+
+def _is_readable(line: OcrLine) -> bool:
+    return line.confidence >= MIN_OCR_CONFIDENCE and len(tokenize(line.text)) >= 1 and len(line.text) >= 3
+
+
+def _pick_screenshot_lines(question: str, lines: list[OcrLine], primary: RetrievedSection) -> list[OcrLine]:
+    """Pick the screenshot lines that the question or the chosen section talks about."""
+    question_tokens = set(tokenize(question))
+    section_tokens = set(tokenize(f"{primary.section.title} {primary.section.heading} {primary.section.text}"))
+    scored = []
+    for line in lines:
+        tokens = set(tokenize(line.text))
+        if not tokens:
+            continue
+        question_hits = len(tokens & question_tokens)
+        section_share = len(tokens & section_tokens) / len(tokens)
+        score = 2.0 * question_hits + section_share * min(len(tokens), 6)
+        if question_hits or (section_share >= 0.5 and len(tokens) >= 2):
+            scored.append((score, line))
+    scored.sort(key=lambda pair: pair[0], reverse=True)
+    picked = [line for score, line in scored[:MAX_SCREENSHOT_LINES] if score >= 0.6 * scored[0][0]]
+    return sorted(picked, key=lambda line: (line.box.top, line.box.left))
+
+
+def _pick_transcript_segment(transcript: Transcript, primary: RetrievedSection):
+    section_tokens = set(tokenize(primary.section.text))
+    best = None
+    best_overlap = 1
+    for segment in transcript.segments:
+        overlap = len(set(tokenize(segment.text)) & section_tokens)
+        if overlap > best_overlap:
+            best, best_overlap = segment, overlap
+    return best
+
+
+def _line_evidence(line: OcrLine) -> Evidence:
+    return Evidence(kind="ocr_line", id=line.id, source=line.id.split("#", 1)[0], text=line.text,
+                    score=line.confidence / 100.0, box=line.box)
+
+
+def _section_evidence(hit: RetrievedSection) -> Evidence:
+    section = hit.section
+    return Evidence(kind="kb_section", id=section.id, source=section.doc_path, text=section.text,
+                    score=float(hit.dense_similarity or 0.0), document_title=section.title,
+                    heading=section.heading)
+
+
+def _segment_evidence(transcript: Transcript, segment) -> Evidence:
+    return Evidence(kind="transcript", id=segment.id, source=transcript.audio_id, text=segment.text.strip(),
+                    score=float(np.exp(segment.avg_logprob)) if segment.avg_logprob else 0.0,
+                    start_s=segment.start_s, end_s=segment.end_s)

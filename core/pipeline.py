@@ -1,0 +1,241 @@
+"""The engine's front door: intake, OCR, speech, retrieval and answering for one question.
+
+Example::
+
+    engine = Sightline(settings=Settings.load())
+    engine.warm_up()
+    conversation = Conversation()
+    answer = engine.ask("What does this error mean?", conversation=conversation,
+                        image_paths=[Path("assets/sync-paused-quota.png")])
+    follow_up = engine.ask("Who can fix it?", conversation=conversation)   # same screenshot
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.answer import ExtractiveAnswerEngine
+from core.embeddings import TextEmbedder
+from core.knowledge_base import IndexReport, KnowledgeBase
+from core.retrieval import HybridRetriever
+from core.settings import Settings
+from core.types import Answer, ImageInput, OcrResult, SightlineError, Transcript
+
+logger = logging.getLogger(__name__)
+
+OCR_CACHE_SIZE = 64
+"""OCR results kept in memory by image content hash, so a follow-up question reads nothing twice."""
+NO_SPEECH_MESSAGE = "No speech detected in the voice note"
+
+
+@dataclass
+class ImageInContext:
+    """An image of the conversation with what OCR read from it."""
+
+    image: ImageInput
+    ocr: OcrResult
+    turn: int
+    """Index of the turn that brought the image, from 0."""
+
+
+@dataclass
+class Turn:
+    """One question of the conversation and the answer it got."""
+
+    question: str
+    answer: Answer
+
+
+@dataclass
+class Conversation:
+    """The media and turns of one chat; a follow-up question keeps the images of earlier turns."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    images: list[ImageInContext] = field(default_factory=list)
+    transcripts: list[Transcript] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+
+    def active_images(self) -> list[ImageInContext]:
+        """Return the images of the latest turn that brought any: the ones a follow-up asks about."""
+        if not self.images:
+            return []
+        latest_turn = max(item.turn for item in self.images)
+        return [item for item in self.images if item.turn == latest_turn]
+
+
+class Sightline:
+    """Runs every stage for a question and records how long each took."""
+
+    def __init__(self, *, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.load()
+        self.embedder = TextEmbedder(model=self.settings.text_embedding_model)
+        self.knowledge_base = KnowledgeBase(settings=self.settings, embedder=self.embedder)
+        self.retriever = HybridRetriever(knowledge_base=self.knowledge_base, embedder=self.embedder,
+                                         settings=self.settings)
+        self.answer_engine = ExtractiveAnswerEngine(embedder=self.embedder, settings=self.settings)
+        self._ocr_stage = None
+        self._speech_stage = None
+        self._ocr_cache: OrderedDict[str, OcrResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def ocr_stage(self):
+        if self._ocr_stage is None:
+            from core.ocr import OcrStage
+
+            self._ocr_stage = OcrStage(settings=self.settings)
+        return self._ocr_stage
+
+    @property
+    def speech_stage(self):
+        if self._speech_stage is None:
+            from core.speech import SpeechStage
+
+            self._speech_stage = SpeechStage(settings=self.settings)
+        return self._speech_stage
+
+    def warm_up(self, *, speech: bool = False) -> None:
+        """Load the text embedding model and open the knowledge base; load Whisper too if ``speech``."""
+        self.embedder.warm_up()
+        self.knowledge_base.sections()
+        if speech:
+            self.speech_stage.warm_up()
+
+    def index(self, kb_dir: Path | None = None, *, progress: bool = False) -> IndexReport:
+        """Index the knowledge-base folder incrementally (see KnowledgeBase.index)."""
+        return self.knowledge_base.index(kb_dir, progress=progress)
+
+    def ask(self, question: str, *, conversation: Conversation | None = None,
+            image_paths: list[Path] | tuple[Path, ...] = (), audio_path: Path | None = None) -> Answer:
+        """Answer a question about new media and the media already in the conversation.
+
+        An empty question with a voice note takes the transcript as the question. Raises
+        SightlineError (with a message for the user) when an input cannot be used.
+        """
+        conversation = conversation if conversation is not None else Conversation()
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        started = time.perf_counter()
+        turn_index = len(conversation.turns)
+
+        with _timed(timings, "intake"):
+            new_images = [self._load_image(Path(path)) for path in image_paths]
+        for image in new_images:
+            warnings.extend(f"{image.source}: {note}" for note in image.notes)
+
+        with _timed(timings, "ocr"):
+            for image in new_images:
+                conversation.images.append(ImageInContext(image=image, ocr=self._read_image(image), turn=turn_index))
+
+        transcript = None
+        question_from_transcript = False
+        if audio_path is not None:
+            transcript = self._transcribe(Path(audio_path), timings)
+            if transcript.segments:
+                conversation.transcripts.append(transcript)
+                if not question.strip():
+                    question = transcript.text
+                    question_from_transcript = True
+            else:
+                warnings.append(f"{transcript.source}: {NO_SPEECH_MESSAGE}.")
+
+        if not question.strip():
+            if transcript is not None and not transcript.segments:
+                raise SightlineError(f"{NO_SPEECH_MESSAGE} {transcript.source}, so there is no question to answer. "
+                                     "Record again closer to the microphone, or type the question.")
+            raise SightlineError("The question is empty. Type a question, or record one as a voice note.")
+
+        active = conversation.active_images()
+        ocr_lines = [line for item in active for line in item.ocr.lines]
+        context = [item.ocr.text for item in active]
+        if transcript is not None and transcript.segments and not question_from_transcript:
+            context.append(transcript.text)
+
+        with _timed(timings, "retrieval"):
+            retrieved = self.retriever.search(question, context=context)
+
+        with _timed(timings, "answer"):
+            answer = self.answer_engine.answer(question, retrieved=retrieved, ocr_lines=ocr_lines,
+                                               transcript=transcript if transcript and transcript.segments else None,
+                                               question_from_transcript=question_from_transcript)
+
+        timings["total"] = (time.perf_counter() - started) * 1000
+        answer.timings_ms = timings
+        answer.warnings = warnings + answer.warnings
+        answer.ocr = [item.ocr for item in active]
+        answer.transcript = transcript
+        answer.retrieved = retrieved
+        answer.context = _describe_context(conversation, active, retrieved)
+        conversation.turns.append(Turn(question=question, answer=answer))
+
+        logger.info(
+            "Answered conversation=%s turn=%d images=%s covered=%s citations=%d timings_ms=%s",
+            conversation.id, turn_index, [item.image.id for item in active], answer.covered,
+            len(answer.citations), {stage: round(ms) for stage, ms in timings.items()},
+        )
+        return answer
+
+    def _load_image(self, path: Path) -> ImageInput:
+        from core.intake import load_image
+
+        return load_image(path, source=path.name, settings=self.settings)
+
+    def _read_image(self, image: ImageInput) -> OcrResult:
+        """Run OCR once per image content hash; later calls return the cached result."""
+        with self._lock:
+            cached = self._ocr_cache.get(image.id)
+            if cached is not None:
+                self._ocr_cache.move_to_end(image.id)
+                return cached
+
+        result = self.ocr_stage.run(image)
+
+        with self._lock:
+            self._ocr_cache[image.id] = result
+            while len(self._ocr_cache) > OCR_CACHE_SIZE:
+                self._ocr_cache.popitem(last=False)
+        return result
+
+    def _transcribe(self, path: Path, timings: dict[str, float]) -> Transcript:
+        from core.audio import load_audio
+
+        with _timed(timings, "audio_intake"):
+            audio = load_audio(path, source=path.name, settings=self.settings)
+        with _timed(timings, "speech"):
+            return self.speech_stage.run(audio)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    """Add the time spent in the block, in milliseconds, to ``timings[stage]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - started) * 1000
+
+
+def _describe_context(conversation: Conversation, active: list[ImageInContext], retrieved) -> dict:
+    """List the media and sections in play for a turn, for the JSON output and the UI."""
+    active_ids = {item.image.id for item in active}
+    return {
+        "conversation_id": conversation.id,
+        "turn": len(conversation.turns),
+        "images": [
+            {"id": item.image.id, "source": item.image.source, "from_turn": item.turn,
+             "active": item.image.id in active_ids, "lines": len(item.ocr.lines)}
+            for item in conversation.images
+        ],
+        "transcripts": [
+            {"audio_id": transcript.audio_id, "source": transcript.source, "language": transcript.language}
+            for transcript in conversation.transcripts
+        ],
+        "sections": [hit.section.id for hit in retrieved],
+    }
