@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pytesseract
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
 
 from core.settings import Settings
 from core.types import Box, ImageInput, OcrLine, OcrResult, OcrWord, SightlineError
@@ -46,16 +46,18 @@ OCR_LANGUAGE = "eng"
 PAGE_SEGMENTATION_MODE = 3
 """Tesseract's automatic page segmentation (--psm 3), the best of modes 3, 4, 6 and 11 on screenshots."""
 OCR_TIMEOUT_S = 60
-"""Upper bound for one Tesseract call; a 40-megapixel page takes a few seconds on one core."""
+"""Upper bound for one Tesseract call. The limit is an estimate with a wide margin, not a measured time."""
 
 DARK_LUMINANCE = 128
-"""A region without text whose background luminance (0 to 255) is below this is inverted."""
+"""Regions whose background luminance (0 to 255) is below this are inverted."""
 POLARITY_BLOCK_PX = 8
 POLARITY_WINDOW_BLOCKS = 7
 TEXT_CONTRAST = 48
 """Pixels that differ from their background luminance by more than this count as text."""
 MIN_TEXT_PIXELS = 16
-"""Fewer text pixels than this in a window leave the decision to the background luminance."""
+"""Fewer light text pixels than this in a window are too few to call it light text."""
+LIGHT_TEXT_RATIO = 2
+"""Light text pixels must outnumber dark ones by this factor, so a grey overlay with dark text stays as it is."""
 
 INK_CONTRAST = 48
 """A pixel darker than the median luminance by this much counts as text ink when estimating text size."""
@@ -71,6 +73,8 @@ MIN_OSD_CONFIDENCE = 1.5
 """Tesseract's orientation confidence below which the detected rotation is ignored."""
 
 MIN_LINE_CONFIDENCE = 10.0
+TALL_WORD_RATIO = 2.5
+"""A word this many times taller than its line's median word is dropped as an icon or a shape."""
 MIN_SINGLE_CHARACTER_CONFIDENCE = 30.0
 
 _omp_lock = threading.Lock()
@@ -167,6 +171,9 @@ class OcrStage:
             # OSD fails on pages with too few characters, and when osd.traineddata is missing.
             logger.debug("Orientation detection failed, reading as is: %s", error.message)
             return 0
+        except RuntimeError as error:
+            logger.warning("Orientation detection timed out after %d s, reading as is: %s", OCR_TIMEOUT_S, error)
+            return 0
 
         if float(osd.get("orientation_conf", 0.0)) < MIN_OSD_CONFIDENCE:
             return 0
@@ -191,6 +198,9 @@ class OcrStage:
         except pytesseract.TesseractError as error:
             raise SightlineError(f"Tesseract failed to read the image: {error.message}") from error
         except RuntimeError as error:
+            # pytesseract signals a timeout with a bare RuntimeError.
+            if "timeout" not in str(error):
+                raise
             raise SightlineError(
                 f"Tesseract timed out after {OCR_TIMEOUT_S} s; upload a smaller image or a crop of the text."
             ) from error
@@ -213,27 +223,31 @@ def invert_light_text(grey: Image.Image) -> tuple[Image.Image, bool]:
 
     The background of each 8x8 block is the median of the block medians in a window of
     7x7 blocks (56 px), so text strokes do not count as background. Pixels that differ from
-    their background by more than TEXT_CONTRAST are text. A window where most text pixels
-    are lighter than the background (a dark panel, white text on a coloured button) is
-    inverted. A window without text is inverted when its background is darker than
-    DARK_LUMINANCE, so panels turn over whole. Returns the image and whether any block was inverted.
+    their own block's median by more than TEXT_CONTRAST are text. A window where light text
+    pixels outnumber dark ones LIGHT_TEXT_RATIO to one (white text on a coloured button) is inverted, and
+    so is every block whose background is darker than DARK_LUMINANCE (dark panels and
+    themes). Returns the image and whether any block was inverted.
     """
     pixels = np.asarray(grey)
     height, width = pixels.shape
 
-    block_background = Image.fromarray(_block_reduce(pixels, POLARITY_BLOCK_PX, np.median).astype(np.uint8))
-    block_background = np.asarray(block_background.filter(ImageFilter.MedianFilter(POLARITY_WINDOW_BLOCKS)))
+    block_medians = _block_reduce(pixels, POLARITY_BLOCK_PX, np.median).astype(np.uint8)
+    block_background = Image.fromarray(block_medians).filter(ImageFilter.MedianFilter(POLARITY_WINDOW_BLOCKS))
+    block_background = np.asarray(block_background)
     background = _spread_blocks(block_background, POLARITY_BLOCK_PX, height, width)
 
-    difference = pixels.astype(np.int16) - background.astype(np.int16)
+    # Text pixels are counted against their own block's median: against the window's
+    # background, the page beside a panel's edge would count as a block of text.
+    own_median = _spread_blocks(block_medians, POLARITY_BLOCK_PX, height, width)
+    difference = pixels.astype(np.int16) - own_median.astype(np.int16)
     lighter = _window_sum(_block_reduce(difference > TEXT_CONTRAST, POLARITY_BLOCK_PX, np.sum), POLARITY_WINDOW_BLOCKS)
     darker = _window_sum(_block_reduce(difference < -TEXT_CONTRAST, POLARITY_BLOCK_PX, np.sum), POLARITY_WINDOW_BLOCKS)
 
-    has_text = lighter + darker >= MIN_TEXT_PIXELS
     # Light text needs a background at least TEXT_CONTRAST below white, which keeps the
     # white page around a button from being inverted along with the button.
     can_hold_light_text = block_background < 255 - TEXT_CONTRAST
-    dark_blocks = np.where(has_text, (lighter > darker) & can_hold_light_text, block_background < DARK_LUMINANCE)
+    light_text = (lighter >= MIN_TEXT_PIXELS) & (lighter > LIGHT_TEXT_RATIO * darker) & can_hold_light_text
+    dark_blocks = (block_background < DARK_LUMINANCE) | light_text
     if not dark_blocks.any():
         return grey, False
 
@@ -404,10 +418,12 @@ def _group_lines(
     """Group words into lines in Tesseract's reading order and map their boxes to the intake image."""
     grouped: dict[tuple[int, int, int], list[_Word]] = {}
     for word in words:
-        grouped.setdefault(word.key, []).append(word)
+        if not _is_stray_character(word):
+            grouped.setdefault(word.key, []).append(word)
 
     lines: list[OcrLine] = []
     for line_words in grouped.values():
+        line_words = _drop_tall_words(line_words)
         if _is_garbage(line_words):
             continue
 
@@ -432,11 +448,25 @@ def _group_lines(
     return lines
 
 
+def _is_stray_character(word: _Word) -> bool:
+    """Tell whether a word is a single weak character, as the edge of an icon or a button reads."""
+    alphanumeric_count = sum(character.isalnum() for character in word.text)
+    return alphanumeric_count <= 1 and len(word.text) <= 2 and word.confidence < MIN_SINGLE_CHARACTER_CONFIDENCE
+
+
+def _drop_tall_words(line_words: list[_Word]) -> list[_Word]:
+    """Drop words far taller than the line's median word, which are icons or shapes read as letters."""
+    if len(line_words) < 2:
+        return line_words
+    median_height = statistics.median(word.height for word in line_words)
+    return [word for word in line_words if word.height <= TALL_WORD_RATIO * median_height]
+
+
 def _is_garbage(line_words: list[_Word]) -> bool:
     """Tell whether a line is noise: no letter or digit, one weak character, or a very low confidence.
 
-    Icons, borders and shading read as stray punctuation or single letters, always
-    with a low confidence; real single characters (a "1", an "x") keep theirs high.
+    Icons, borders and shading read as stray punctuation or single letters with a low
+    confidence. Real single characters (a "1", an "x") keep theirs high.
     """
     text = "".join(word.text for word in line_words)
     alphanumeric_count = sum(character.isalnum() for character in text)
