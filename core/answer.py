@@ -37,13 +37,17 @@ MIN_OCR_CONFIDENCE = 50.0
 MIN_UNIT_WORDS = 4
 RELATIVE_SCORE_FLOOR = 0.7
 """A unit is quoted only if its score is at least this share of the best unit's score."""
-STEP_SCORE_FLOOR = 0.5
+STEP_SCORE_FLOOR = 0.4
 """For a how-to question, steps are quoted if the best step scores at least this share of the best unit."""
 
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"”’)]))\s+(?=[A-Z0-9\"“(])")
 _LIST_ITEM = re.compile(r"^\s*(?:(\d+)[.)]|[-*•])\s+")
 _HOW_TO = re.compile(r"\b(how (?:do|can|to|should)|fix|resolve|solve|steps?|what (?:should|can|do) i|get rid|repair|"
                      r"restore|enable|disable|change|set ?up|configure|reset)\b", re.IGNORECASE)
+
+
+_FACT_QUESTION = re.compile(r"^\s*(who|why|when|where|which|how (?:many|much|soon|long|often|fast))\b", re.IGNORECASE)
+"""Questions that ask for a fact, not for a procedure, even when they mention fixing something."""
 
 
 @dataclass
@@ -55,6 +59,8 @@ class _Unit:
     position: int
     step_number: int | None = None
     score: float = 0.0
+    answers_part: bool = False
+    """True when this unit answers one part of a question with several parts best."""
 
 
 class ExtractiveAnswerEngine:
@@ -134,12 +140,32 @@ class ExtractiveAnswerEngine:
 
         for index, unit in enumerate(units):
             unit_tokens = set(tokenize(unit.text))
+            heading_tokens = set(tokenize(sections[unit.section_rank].section.heading_path[-1]))
             question_overlap = len(unit_tokens & question_tokens) / max(len(question_tokens), 1)
+            heading_overlap = len(heading_tokens & question_tokens) / max(len(question_tokens), 1)
             screenshot_overlap = len(unit_tokens & screenshot_tokens) / max(len(unit_tokens), 1)
             rank_weight = 1.0 / (1 + unit.section_rank)
-            unit.score = (0.45 * float(question_similarity[index]) + 0.25 * float(context_similarity[index])
-                          + 0.2 * question_overlap + 0.1 * screenshot_overlap + 0.1 * rank_weight)
+            unit.score = (0.45 * float(question_similarity[index]) + 0.15 * float(context_similarity[index])
+                          + 0.3 * question_overlap + 0.2 * heading_overlap + 0.1 * screenshot_overlap
+                          + 0.1 * rank_weight)
+
+        self._mark_best_per_part(question, units, vectors[2:])
         return units
+
+    def _mark_best_per_part(self, question: str, units: list[_Unit], unit_vectors: np.ndarray) -> None:
+        """For a question with several parts ("why … and who …"), mark the unit that best answers each part."""
+        parts = split_question(question)
+        if len(parts) < 2:
+            return
+        part_vectors = self.embedder.embed(parts)
+        for part, part_vector in zip(parts, part_vectors):
+            part_tokens = set(tokenize(part))
+            similarities = unit_vectors @ part_vector
+            scores = [
+                0.7 * float(similarity) + 0.3 * len(set(tokenize(unit.text)) & part_tokens) / max(len(part_tokens), 1)
+                for unit, similarity in zip(units, similarities)
+            ]
+            units[int(np.argmax(scores))].answers_part = True
 
     def _choose_units(self, question: str, units: list[_Unit]) -> list[_Unit]:
         """Pick the units to quote, in document order.
@@ -158,12 +184,14 @@ class ExtractiveAnswerEngine:
 
         floor = RELATIVE_SCORE_FLOOR * best.score
         best_step = max(steps, key=lambda unit: unit.score, default=None)
-        if best_step is not None and best_step.score >= STEP_SCORE_FLOOR * best.score and _HOW_TO.search(question):
+        if (best_step is not None and best_step.score >= STEP_SCORE_FLOOR * best.score
+                and _HOW_TO.search(question) and not _FACT_QUESTION.match(_last_sentence(question))):
             chosen = [unit for unit in steps if unit.section_rank == best_step.section_rank][:MAX_STEPS]
             if prose and prose[0].score >= floor:
                 chosen.insert(0, prose[0])
         else:
             chosen = [unit for unit in ranked[:self.settings.max_answer_sentences] if unit.score >= floor]
+            chosen += [unit for unit in units if unit.answers_part and unit not in chosen]
         return sorted(chosen, key=lambda unit: unit.position)
 
     @staticmethod
@@ -216,6 +244,18 @@ class _CitationList:
             self.items.append(existing)
             self._by_id[evidence.id] = existing
         return f"[{existing.n}]"
+
+
+def split_question(question: str) -> list[str]:
+    """Split a question into its parts at question marks and at "and" before a question word."""
+    parts = re.split(r"\?\s*|\s+and\s+(?=(?:who|why|what|when|where|which|how|can|do|does|is|are)\b)",
+                     question, flags=re.IGNORECASE)
+    return [part.strip() for part in parts if part and len(tokenize(part)) >= 1]
+
+
+def _last_sentence(text: str) -> str:
+    sentences = [part for part in re.split(r"(?<=[.!?])\s+", text.strip()) if part]
+    return sentences[-1] if sentences else ""
 
 
 def _primary_document_sections(retrieved: list[RetrievedSection]) -> list[RetrievedSection]:

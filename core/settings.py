@@ -92,7 +92,7 @@ class Settings:
     """Constant of reciprocal rank fusion: score = sum of 1 / (rrf_k + rank)."""
     min_dense_similarity: float = 0.25
     """Below this cosine similarity of the best section, the knowledge base does not cover the question."""
-    max_answer_sentences: int = 3
+    max_answer_sentences: int = 4
 
     # Serving.
     host: str = "127.0.0.1"

@@ -1,0 +1,141 @@
+"""The ``sightline`` command: serve the chat app, index a knowledge base, ask one question.
+
+Examples::
+
+    sightline serve                                   # http://127.0.0.1:7860
+    sightline index knowledge_base/
+    sightline ask --image assets/sync-paused-quota.png "What does this error mean?"
+    sightline ask --audio note.wav --image shot.png --json ""
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from core.settings import Settings
+from core.types import SightlineError
+
+logger = logging.getLogger("sightline")
+
+EXIT_USAGE = 2
+EXIT_INPUT_ERROR = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sightline", description="Grounded visual question answering.")
+    parser.add_argument("--log-level", default="WARNING", help="logging level: DEBUG, INFO, WARNING (default), ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="index the knowledge base, then serve the chat app")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1, or SIGHTLINE_HOST)")
+    serve.add_argument("--port", type=int, help="TCP port (default 7860, or SIGHTLINE_PORT)")
+    _add_common_options(serve)
+
+    index = commands.add_parser("index", help="index a folder of Markdown, text, HTML and PDF documents")
+    index.add_argument("kb_dir", nargs="?", type=Path, help="knowledge-base folder (default: the configured one)")
+    index.add_argument("--data-dir", type=Path, help="folder for the Chroma store and caches")
+
+    ask = commands.add_parser("ask", help="answer one question about an image, a voice note, or neither")
+    ask.add_argument("question", help="the question; may be empty when --audio holds it")
+    ask.add_argument("--image", type=Path, action="append", default=[], help="screenshot or photo (repeatable)")
+    ask.add_argument("--audio", type=Path, help="voice note: WAV, FLAC, MP3, OGG/Opus, M4A or WebM")
+    ask.add_argument("--json", action="store_true", help="print the answer, citations and timings as JSON")
+    ask.add_argument("--no-index", action="store_true", help="skip the incremental re-index before answering")
+    _add_common_options(ask)
+    return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kb", type=Path, help="knowledge-base folder (default: the configured one)")
+    parser.add_argument("--data-dir", type=Path, help="folder for the Chroma store and caches")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    arguments = build_parser().parse_args(argv)
+    logging.basicConfig(level=arguments.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    try:
+        settings = Settings.load(
+            data_dir=getattr(arguments, "data_dir", None),
+            kb_dir=getattr(arguments, "kb", None) or getattr(arguments, "kb_dir", None),
+            host=getattr(arguments, "host", None),
+            port=getattr(arguments, "port", None),
+        )
+        if arguments.command == "index":
+            return _index(settings)
+        if arguments.command == "ask":
+            return _ask(settings, arguments)
+        return _serve(settings)
+    except SightlineError as error:
+        print(f"sightline: {error}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+
+
+def _index(settings: Settings) -> int:
+    from core.pipeline import Sightline
+
+    engine = Sightline(settings=settings)
+    report = engine.index(settings.kb_dir, progress=sys.stderr.isatty())
+    print(f"Indexed {settings.kb_dir}: {report.summary()} ({report.elapsed_ms / 1000:.1f} s)")
+    for path, reason in report.failed.items():
+        print(f"  failed: {path}: {reason}", file=sys.stderr)
+    return EXIT_INPUT_ERROR if report.failed else 0
+
+
+def _ask(settings: Settings, arguments: argparse.Namespace) -> int:
+    from core.pipeline import Sightline
+
+    started = time.perf_counter()
+    engine = Sightline(settings=settings)
+    if not arguments.no_index:
+        engine.index(settings.kb_dir)
+    engine.warm_up()
+    startup_ms = (time.perf_counter() - started) * 1000
+
+    answer = engine.ask(arguments.question, image_paths=arguments.image, audio_path=arguments.audio)
+    warnings = list(answer.warnings)
+    if not settings.clip_model:
+        warnings.append("No vision model is configured (SIGHTLINE_CLIP_MODEL), so images are read by OCR only.")
+
+    if arguments.json:
+        record = answer.to_json()
+        record["warnings"] = warnings
+        record["timings_ms"]["startup"] = round(startup_ms, 1)
+        print(json.dumps(record, ensure_ascii=False, indent=2))
+        return 0
+
+    print(answer.text)
+    if answer.citations:
+        print("\nSources:")
+        for citation in answer.citations:
+            print(f"  [{citation.n}] {_describe_citation(citation)}")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _describe_citation(citation) -> str:
+    evidence = citation.evidence
+    if evidence.kind == "ocr_line":
+        box = evidence.box
+        return f"screenshot {evidence.source}, line at ({box.left}, {box.top}) {box.width}x{box.height}: {citation.text}"
+    if evidence.kind == "transcript":
+        return f"voice note {evidence.source}, {evidence.start_s:.1f}-{evidence.end_s:.1f} s: {citation.text}"
+    return f"{evidence.document_title} › {evidence.heading} ({evidence.source})"
+
+
+def _serve(settings: Settings) -> int:
+    from app.ui import serve
+
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
