@@ -1,0 +1,489 @@
+"""The Sightline chat web app, built on Gradio 6.
+
+A person attaches screenshots or a voice note in the chat input, asks a question,
+and gets an answer whose ``[n]`` markers point at a numbered source list. The
+screenshot in context is shown beside the chat with the cited lines boxed.
+
+Each browser session keeps its own ``Conversation`` in ``gr.State``, so a follow-up
+question without a new image asks about the images of the latest turn that brought
+any. Engine calls run through the Gradio queue one at a time.
+
+Example::
+
+    from app.ui import serve
+    serve(Settings.load())        # http://127.0.0.1:7860
+"""
+
+from __future__ import annotations
+
+import os
+
+# Gradio reads this variable to decide on telemetry and on the version check that calls
+# api.gradio.app. It is set before the import so that no Gradio code runs without it.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import atexit
+import html
+import logging
+import shutil
+import string
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from core.pipeline import Conversation, ImageInContext, Sightline
+from core.settings import Settings
+from core.types import Answer, Citation, SightlineError
+
+logger = logging.getLogger(__name__)
+
+NO_VISION_NOTE = "No vision model configured: images are read by OCR only."
+EMPTY_CONTEXT_TEXT = "No screenshot in context. Attach one to ask about it."
+INPUT_PLACEHOLDER = "Ask about a screenshot: upload, paste or drop it here, or record a voice note"
+
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".webm"})
+"""Attachments with these suffixes go to audio intake, and every other attachment to image intake."""
+
+EXCERPT_MAX_CHARS = 160
+BOX_LABEL_MAX_CHARS = 40
+TIMING_STAGES = (
+    ("intake", "intake"),
+    ("ocr", "OCR"),
+    ("audio_intake", "audio intake"),
+    ("speech", "speech"),
+    ("retrieval", "retrieval"),
+    ("answer", "answer"),
+    ("total", "total"),
+)
+"""Keys of ``Answer.timings_ms`` in pipeline order, with the name shown for each."""
+
+# NOTE: the session limits below are estimates, not measurements. A conversation keeps its
+# decoded images in memory (about 3 MB for a 1280x800 screenshot).
+SESSION_STATE_TTL_S = 4 * 3600
+MAX_SESSIONS = 500
+QUEUE_MAX_SIZE = 64
+CACHE_CLEANUP_INTERVAL_S = 3600
+CACHE_MAX_AGE_S = 24 * 3600
+
+CSS = """
+#sl-vision-note { border-left: 4px solid var(--color-accent); padding-left: 0.75em; }
+#sl-context { font-size: var(--text-sm); }
+"""
+
+
+@dataclass
+class Submission:
+    """A question sent from the chat input and not yet answered."""
+
+    text: str
+    files: list[str]
+    first_message_index: int
+    """Index in the chat history of the user message that shows this submission."""
+
+
+@dataclass
+class SessionState:
+    """Everything one browser session keeps: its conversation, chat history and pending question."""
+
+    conversation: Conversation = field(default_factory=Conversation)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    pending: Submission | None = None
+
+
+# Formatting. Every text that comes from a user, an image, a recording or a document goes
+# through escape_markdown, so that it renders as literal text and never as a link or HTML.
+
+
+def escape_markdown(text: str) -> str:
+    """Escape text so that Markdown and HTML render it literally.
+
+    ``&``, ``<`` and ``>`` become HTML entities, and every other ASCII punctuation
+    character gets a backslash, which CommonMark allows for all of them. This stops
+    links, images, emphasis, lists, headings, tables and bare-URL autolinks.
+    """
+    escaped = []
+    for character in text:
+        if character in "&<>":
+            escaped.append(html.escape(character))
+        elif character in string.punctuation:
+            escaped.append("\\" + character)
+        else:
+            escaped.append(character)
+    return "".join(escaped)
+
+
+def shorten(text: str, *, max_chars: int) -> str:
+    """Collapse whitespace and cut the text at a word boundary to at most ``max_chars`` characters."""
+    collapsed = " ".join(text.split())
+    if len(collapsed) <= max_chars:
+        return collapsed
+    cut = collapsed[: max_chars - 1].rsplit(" ", 1)[0]
+    return cut + "…"
+
+
+def describe_citation(citation: Citation) -> str:
+    """Render one source-list entry as Markdown: where the cited text is, then the text."""
+    evidence = citation.evidence
+    excerpt = "“" + escape_markdown(shorten(citation.text, max_chars=EXCERPT_MAX_CHARS)) + "”"
+
+    if evidence.kind == "ocr_line":
+        return f"Screenshot line: {excerpt}"
+    if evidence.kind == "transcript":
+        start_s = evidence.start_s or 0.0
+        end_s = evidence.end_s if evidence.end_s is not None else start_s
+        return f"Voice note {start_s:.1f}–{end_s:.1f} s: {excerpt}"
+    if evidence.kind == "kb_section":
+        place = escape_markdown(_document_place(evidence.document_title, evidence.heading))
+        return f"**{place}** ({escape_markdown(evidence.source)}): {excerpt}"
+    if evidence.kind == "kb_image":
+        place = escape_markdown(evidence.document_title or evidence.source)
+        return f"Reference image in **{place}** ({escape_markdown(evidence.image_path or evidence.source)})"
+    return f"{escape_markdown(evidence.kind)}: {excerpt}"
+
+
+def _document_place(title: str | None, heading: str | None) -> str:
+    """Return "title › heading" without repeating the title, which heading paths usually start with."""
+    title = title or ""
+    heading = heading or ""
+    if not heading or heading == title:
+        return title or heading
+    if heading.startswith(title + " › "):
+        return heading
+    return f"{title} › {heading}" if title else heading
+
+
+def describe_timings(timings_ms: dict[str, float]) -> str:
+    """Render the per-stage latency as one line, leaving out stages that did not run."""
+    parts = [f"{name} {timings_ms[key]:,.0f} ms" for key, name in TIMING_STAGES if key in timings_ms]
+    return "Latency: " + " · ".join(parts)
+
+
+def describe_context(context: dict[str, Any]) -> str:
+    """Render which images the answer used, from ``Answer.context``."""
+    active = [image for image in context.get("images", []) if image.get("active")]
+    if not active:
+        return "No screenshot in context."
+    names = ", ".join(
+        f"{escape_markdown(image['source'])} (from question {image['from_turn'] + 1}, {image['lines']} lines read)"
+        for image in active
+    )
+    return f"Screenshot in context: {names}"
+
+
+def format_answer(answer: Answer) -> str:
+    """Render an answer as Markdown: the text, the numbered sources, the context, latency and warnings."""
+    blocks = [escape_markdown(answer.text)]
+
+    if answer.citations:
+        sources = [f"\\[{citation.n}\\] {describe_citation(citation)}" for citation in answer.citations]
+        blocks.append("**Sources**\n" + "\n".join(sources))
+
+    details = [describe_context(answer.context), describe_timings(answer.timings_ms)]
+    details.extend(f"Warning: {escape_markdown(warning)}" for warning in answer.warnings)
+    blocks.append("\n".join(details))
+    return "\n\n".join(blocks)
+
+
+def format_pending_question(submission: Submission) -> str:
+    """Render the user's message while the engine works: the question and the attached file names."""
+    lines = [escape_markdown(submission.text)] if submission.text.strip() else []
+    if submission.files:
+        names = ", ".join(escape_markdown(Path(path).name) for path in submission.files)
+        lines.append(f"Attached: {names}")
+    return "\n".join(lines) or "(empty question)"
+
+
+def format_transcript_note(answer: Answer) -> str | None:
+    """Render the voice note's transcript, marked as transcribed and with its language, or None."""
+    transcript = answer.transcript
+    if transcript is None:
+        return None
+    language = escape_markdown(transcript.language or "unknown")
+    if not transcript.segments:
+        return f"Voice note {escape_markdown(transcript.source)}: no speech detected."
+    return f"Transcribed voice note (language: {language}): “{escape_markdown(transcript.text)}”"
+
+
+def format_error(error: Exception, *, error_id: str) -> str:
+    """Render an error for the chat, with what to do next."""
+    if isinstance(error, SightlineError):
+        return (f"**Could not answer:** {escape_markdown(str(error))}\n\n"
+                "Your question is back in the text box. Fix what the message names, then send it again.")
+    return (f"**Something went wrong on the server** (error id {error_id}). Your question is back "
+            "in the text box: send it again, and report the error id if it keeps failing.")
+
+
+# The screenshot panel.
+
+
+def annotate_screenshot(images: list[ImageInContext], answer: Answer | None) -> tuple[Any, str] | None:
+    """Pick the active image with the most cited lines and pair it with their boxes and labels.
+
+    Returns the AnnotatedImage value and a panel label, or None when no image is in
+    context. Boxes are (x1, y1, x2, y2) in the upright pixels that intake produced,
+    which is also what OCR boxes are measured in.
+    """
+    if not images:
+        return None
+
+    cited_by_image: dict[str, list[tuple[tuple[int, int, int, int], str]]] = {item.image.id: [] for item in images}
+    for citation in answer.citations if answer is not None else []:
+        evidence = citation.evidence
+        if evidence.kind != "ocr_line" or evidence.box is None or evidence.source not in cited_by_image:
+            continue
+        box = evidence.box
+        corners = (box.left, box.top, box.left + box.width, box.top + box.height)
+        label = f"[{citation.n}] {shorten(citation.text, max_chars=BOX_LABEL_MAX_CHARS)}"
+        cited_by_image[evidence.source].append((corners, label))
+
+    # NOTE: one panel shows one image. With several active images, the others are
+    # listed in the context text but not drawn.
+    chosen = max(images, key=lambda item: len(cited_by_image[item.image.id]))
+    boxes = cited_by_image[chosen.image.id]
+    count = f"{len(boxes)} cited line{'s' if len(boxes) != 1 else ''}" if boxes else "no line cited in this answer"
+    return (chosen.image.image, boxes), f"{chosen.image.source}: {count}"
+
+
+def describe_conversation(conversation: Conversation) -> str:
+    """Render the panel text that lists the images a follow-up question will use.
+
+    Voice notes are left out because the engine uses a voice note only in the turn that brought it.
+    """
+    active = conversation.active_images()
+    if not active:
+        return EMPTY_CONTEXT_TEXT
+
+    lines = [
+        f"**Screenshot in context:** {escape_markdown(item.image.source)} "
+        f"(from question {item.turn + 1}, {len(item.ocr.lines)} lines read)"
+        for item in active
+    ]
+    lines.append("Follow-up questions without a new image ask about it.")
+    return "\n\n".join(lines)
+
+
+# Event handlers.
+
+
+class ChatHandlers:
+    """The event handlers of one app. Per-session data arrives and leaves through SessionState."""
+
+    def __init__(self, *, engine: Sightline, image_dir: Path) -> None:
+        self.engine = engine
+        self.image_dir = image_dir
+
+    def show_question(self, submitted: dict[str, Any] | None, session: SessionState | None):
+        """Add the user's message to the chat at once and lock the input until the answer comes."""
+        session = session if session is not None else SessionState()
+        submitted = submitted or {}
+        submission = Submission(text=submitted.get("text") or "", files=list(submitted.get("files") or []),
+                                first_message_index=len(session.messages))
+        session.pending = submission
+        session.messages.append({"role": "user", "content": format_pending_question(submission)})
+        return session.messages, gr.MultimodalTextbox(value=None, interactive=False), session
+
+    def answer_question(self, session: SessionState | None, request: gr.Request):
+        """Run the engine on the pending question and render the answer, or the error in its place."""
+        session = session if session is not None else SessionState()
+        submission = session.pending
+        session.pending = None
+        if submission is None:
+            return self._outputs(session, textbox_value=None, answer=None)
+
+        conversation = session.conversation
+        images_before = len(conversation.images)
+        transcripts_before = len(conversation.transcripts)
+        session_id = request.session_hash if request is not None else None
+        logger.info("Question received session=%s conversation=%s attachments=%d",
+                    session_id, conversation.id, len(submission.files))
+
+        try:
+            image_paths, audio_path = split_attachments(submission.files)
+            answer = self.engine.ask(submission.text, conversation=conversation,
+                                     image_paths=image_paths, audio_path=audio_path)
+        except Exception as error:
+            accepted_images = len(conversation.images) - images_before
+            self._roll_back(conversation, images_before=images_before, transcripts_before=transcripts_before)
+            return self._show_error(session, submission, error, session_id=session_id,
+                                    images_accepted=accepted_images == len(image_attachments(submission)))
+
+        new_images = conversation.images[images_before:]
+        session.messages[submission.first_message_index:] = [
+            self._user_message(submission, new_images, answer, audio_path=audio_path),
+            {"role": "assistant", "content": format_answer(answer)},
+        ]
+        return self._outputs(session, textbox_value=None, answer=answer)
+
+    def reset(self):
+        """Start a new conversation: forget the session's images, voice notes and chat."""
+        session = SessionState()
+        return self._outputs(session, textbox_value=None, answer=None)
+
+    def _show_error(self, session: SessionState, submission: Submission, error: Exception, *,
+                    session_id: str | None, images_accepted: bool):
+        """Log the error, show it in the chat and put the question back in the chat input."""
+        error_id = uuid.uuid4().hex[:8]
+        if isinstance(error, SightlineError):
+            logger.warning("Input rejected session=%s conversation=%s error_id=%s: %s: %s",
+                           session_id, session.conversation.id, error_id, type(error).__name__, error)
+        else:
+            logger.exception("Answering failed session=%s conversation=%s error_id=%s",
+                             session_id, session.conversation.id, error_id)
+
+        # Attachments that intake accepted go back with the text, so a question that was
+        # only missing its text keeps its screenshot. A rejected file and a voice note
+        # without speech stay out: the person has to replace them.
+        restored_files = image_attachments(submission) if images_accepted else []
+        session.messages.append({"role": "assistant", "content": format_error(error, error_id=error_id)})
+        return self._outputs(session, textbox_value={"text": submission.text, "files": restored_files},
+                             answer=None, keep_screenshot=True)
+
+    @staticmethod
+    def _roll_back(conversation: Conversation, *, images_before: int, transcripts_before: int) -> None:
+        """Drop the media that a failed turn added, so the conversation looks as if it never ran.
+
+        NOTE: Sightline.ask keeps the images it read before it raises (an empty question
+        with a screenshot, or a voice note that fails after the images). The UI undoes that here.
+        """
+        del conversation.images[images_before:]
+        del conversation.transcripts[transcripts_before:]
+
+    def _user_message(self, submission: Submission, new_images: list[ImageInContext], answer: Answer, *,
+                      audio_path: Path | None) -> dict[str, Any]:
+        """Build the user's message: the upright images, the voice note, the question and the transcript."""
+        content: list[Any] = []
+        for item in new_images:
+            content.append({"path": str(self._save_upright(item)), "alt_text": item.image.source})
+        if audio_path is not None:
+            content.append({"path": str(audio_path), "alt_text": audio_path.name})
+        if submission.text.strip():
+            content.append(escape_markdown(submission.text))
+        transcript_note = format_transcript_note(answer)
+        if transcript_note is not None:
+            content.append(transcript_note)
+        return {"role": "user", "content": content}
+
+    def _save_upright(self, item: ImageInContext) -> Path:
+        """Write the intake's upright, metadata-free pixels as a PNG named by content hash, once."""
+        path = self.image_dir / (item.image.id.replace("sha256:", "") + ".png")
+        if not path.exists():
+            item.image.image.save(path, format="PNG")
+        return path
+
+    @staticmethod
+    def _outputs(session: SessionState, *, textbox_value: dict[str, Any] | None, answer: Answer | None,
+                 keep_screenshot: bool = False):
+        """Return the values of chat, chat input, screenshot panel, context text and session state.
+
+        With ``keep_screenshot`` the panel keeps the boxes of the last answer.
+        """
+        if keep_screenshot:
+            screenshot = gr.skip()
+        else:
+            screenshot = ChatHandlers._screenshot_panel(session.conversation, answer)
+        textbox = gr.MultimodalTextbox(value=textbox_value, interactive=True)
+        return session.messages, textbox, screenshot, describe_conversation(session.conversation), session
+
+    @staticmethod
+    def _screenshot_panel(conversation: Conversation, answer: Answer | None) -> gr.AnnotatedImage:
+        """Return the screenshot panel for the active images, hidden when there are none."""
+        annotated = annotate_screenshot(conversation.active_images(), answer)
+        if annotated is None:
+            return gr.AnnotatedImage(value=None, visible=False)
+        value, label = annotated
+        return gr.AnnotatedImage(value=value, label=label, visible=True)
+
+
+def split_attachments(files: list[str]) -> tuple[list[Path], Path | None]:
+    """Sort attachments into images and at most one voice note, by file suffix.
+
+    Raises SightlineError when more than one voice note is attached, because the
+    engine answers one voice note per question.
+    """
+    paths = [Path(file) for file in files]
+    audio = [path for path in paths if path.suffix.lower() in AUDIO_SUFFIXES]
+    images = [path for path in paths if path.suffix.lower() not in AUDIO_SUFFIXES]
+    if len(audio) > 1:
+        names = ", ".join(path.name for path in audio)
+        raise SightlineError(f"Several voice notes are attached ({names}). Attach one voice note per question.")
+    return images, audio[0] if audio else None
+
+
+def image_attachments(submission: Submission) -> list[str]:
+    """Return the submission's attachments that go to image intake."""
+    return [file for file in submission.files if Path(file).suffix.lower() not in AUDIO_SUFFIXES]
+
+
+# Layout and serving.
+
+
+def build_app(engine: Sightline, *, settings: Settings) -> gr.Blocks:
+    """Build the chat app around an engine that is already indexed. The caller launches it."""
+    image_dir = Path(tempfile.mkdtemp(prefix="sightline-ui-"))
+    atexit.register(shutil.rmtree, image_dir, ignore_errors=True)
+    handlers = ChatHandlers(engine=engine, image_dir=image_dir)
+
+    with gr.Blocks(title="Sightline", analytics_enabled=False,
+                   delete_cache=(CACHE_CLEANUP_INTERVAL_S, CACHE_MAX_AGE_S)) as app:
+        session = gr.State(None, time_to_live=SESSION_STATE_TTL_S)
+
+        gr.Markdown("# Sightline\nAsk about a screenshot or a voice note. Each answer cites the screenshot "
+                    "lines, voice-note times and help-center sections it rests on.")
+        if not settings.clip_model:
+            gr.Markdown(NO_VISION_NOTE, elem_id="sl-vision-note")
+
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(elem_id="sl-chat", label="Conversation", height=640,
+                                     latex_delimiters=[], sanitize_html=True, allow_tags=False,
+                                     feedback_options=None, buttons=["copy", "copy_all"],
+                                     placeholder=INPUT_PLACEHOLDER)
+                textbox = gr.MultimodalTextbox(elem_id="sl-input", sources=["upload", "microphone"],
+                                               file_count="multiple", show_label=False, autofocus=True,
+                                               placeholder=INPUT_PLACEHOLDER)
+                new_conversation = gr.Button("New conversation", size="sm", variant="secondary")
+            with gr.Column(scale=2):
+                screenshot = gr.AnnotatedImage(elem_id="sl-screenshot", label="Screenshot", format="png",
+                                               visible=False)
+                context = gr.Markdown(EMPTY_CONTEXT_TEXT, elem_id="sl-context")
+
+        outputs = [chatbot, textbox, screenshot, context, session]
+        shown = textbox.submit(handlers.show_question, [textbox, session], [chatbot, textbox, session],
+                               queue=False)
+        shown.then(handlers.answer_question, [session], outputs, concurrency_id="engine")
+        new_conversation.click(handlers.reset, None, outputs, queue=False)
+        chatbot.clear(handlers.reset, None, outputs, queue=False)
+
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Index the knowledge base, warm the models up and serve the app until interrupted."""
+    started = time.perf_counter()
+    logger.info("Starting Sightline UI host=%s port=%d kb_dir=%s", settings.host, settings.port, settings.kb_dir)
+
+    engine = Sightline(settings=settings)
+    report = engine.index(settings.kb_dir)
+    logger.info("Indexed %s: %s (%.1f s)", settings.kb_dir, report.summary(), report.elapsed_ms / 1000)
+    for path, reason in report.failed.items():
+        logger.warning("Could not index %s: %s", path, reason)
+
+    # NOTE: Whisper loads on the first voice note, which makes that answer slower by the load time.
+    engine.warm_up()
+    logger.info("Models ready in %.1f s", time.perf_counter() - started)
+
+    app = build_app(engine, settings=settings)
+    app.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
+    # Gradio rejects larger uploads before they reach the disk, with its own message. Both
+    # engine limits count mebibytes.
+    max_upload_bytes = int(max(settings.max_upload_mb, settings.max_audio_mb) * 1024 * 1024)
+    app.launch(server_name=settings.host, server_port=settings.port, share=False,
+               max_file_size=max_upload_bytes, state_session_capacity=MAX_SESSIONS,
+               ssr_mode=False, mcp_server=False, footer_links=["api", "settings"], css=CSS,
+               quiet=True)
+    logger.info("Stopped Sightline UI host=%s port=%d", settings.host, settings.port)
