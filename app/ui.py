@@ -105,6 +105,9 @@ def escape_markdown(text: str) -> str:
     ``&``, ``<`` and ``>`` become HTML entities, and every other ASCII punctuation
     character gets a backslash, which CommonMark allows for all of them. This stops
     links, images, emphasis, lists, headings, tables and bare-URL autolinks.
+
+    NOTE: Gradio 6.31 copies the raw message into each bubble's aria-label, so
+    screen readers may read these backslashes aloud.
     """
     escaped = []
     for character in text:
