@@ -117,9 +117,23 @@ class Sightline:
         """Answer a question about new media and the media already in the conversation.
 
         An empty question with a voice note takes the transcript as the question. Raises
-        SightlineError (with a message for the user) when an input cannot be used.
+        SightlineError (with a message for the user) when an input cannot be used, and then
+        leaves ``conversation`` unchanged. Calls for different conversations may run in
+        parallel threads; calls for one conversation must not.
         """
         conversation = conversation if conversation is not None else Conversation()
+        images_before = len(conversation.images)
+        transcripts_before = len(conversation.transcripts)
+        try:
+            return self._ask(question, conversation, image_paths, audio_path)
+        except BaseException:
+            # A failed turn leaves the conversation as it was, so a bad upload cannot replace
+            # the screenshot that follow-up questions are about.
+            del conversation.images[images_before:]
+            del conversation.transcripts[transcripts_before:]
+            raise
+
+    def _ask(self, question: str, conversation: Conversation, image_paths, audio_path: Path | None) -> Answer:
         timings: dict[str, float] = {}
         warnings: list[str] = []
         started = time.perf_counter()
