@@ -22,7 +22,6 @@ from core.types import SightlineError
 
 logger = logging.getLogger("sightline")
 
-EXIT_USAGE = 2
 EXIT_INPUT_ERROR = 1
 
 
@@ -41,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--data-dir", type=Path, help="folder for the Chroma store and caches")
 
     ask = commands.add_parser("ask", help="answer one question about an image, a voice note, or neither")
-    ask.add_argument("question", help="the question; may be empty when --audio holds it")
+    ask.add_argument("question", help="the question; may be empty when --audio contains the spoken question")
     ask.add_argument("--image", type=Path, action="append", default=[], help="screenshot or photo (repeatable)")
     ask.add_argument("--audio", type=Path, help="voice note: WAV, FLAC, MP3, OGG/Opus, M4A or WebM")
     ask.add_argument("--json", action="store_true", help="print the answer, citations and timings as JSON")

@@ -378,9 +378,11 @@ def _line_evidence(line: OcrLine) -> Evidence:
 
 def _section_evidence(hit: RetrievedSection) -> Evidence:
     section = hit.section
+    # The top heading usually repeats the document title, so the heading names only what follows it.
+    headings = section.heading_path[1:] if section.heading_path[:1] == [section.title] else section.heading_path
     return Evidence(kind="kb_section", id=section.id, source=section.doc_path, text=section.text,
                     score=float(hit.dense_similarity or 0.0), document_title=section.title,
-                    heading=section.heading)
+                    heading=" › ".join(headings) or section.title)
 
 
 def _segment_evidence(transcript: Transcript, segment) -> Evidence:

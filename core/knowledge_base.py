@@ -37,7 +37,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".ti
 
 @dataclass
 class IndexReport:
-    """What one indexing run changed, by document path."""
+    """Changes made by one indexing run, by document path."""
 
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)

@@ -41,7 +41,7 @@ def _default_data_dir() -> Path:
 
 
 def _default_kb_dir() -> Path:
-    """The demo knowledge base in the source tree, else ``knowledge_base`` in the working folder."""
+    """Return the demo knowledge base of the source tree, else ``knowledge_base`` in the working folder."""
     bundled = PROJECT_ROOT / "knowledge_base"
     return bundled if bundled.is_dir() else Path.cwd() / "knowledge_base"
 
