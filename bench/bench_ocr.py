@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import cpu_model  # noqa: E402
 from core.intake import load_image  # noqa: E402
 from core.ocr import PAGE_SEGMENTATION_MODE, OcrStage  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -74,17 +74,6 @@ def render_screenshot() -> Image.Image:
         row = f"Row {index + 1}: status healthy, memory 512 MB, uptime {3 + index} days"
         draw.text((280, 600 + index * 26), row, font=sans, fill=(49, 51, 63))
     return image
-
-
-def cpu_model() -> str:
-    """Return the CPU model name from /proc/cpuinfo, or the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -27,25 +26,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.common import describe_machine  # noqa: E402
 from core.audio import load_audio  # noqa: E402
 from core.settings import PACKAGED_WHISPER_BASE, Settings  # noqa: E402
 from core.speech import SpeechStage  # noqa: E402
 
 CLIPS = ("jfk.wav", "LJ001-0001.wav", "LJ001-0002.wav", "LJ001-0003.wav", "LJ001-0004.wav")
 DEFAULT_SHARED_DIR = REPO_ROOT.parent / "shared"
-
-
-def describe_machine() -> str:
-    """Return the CPU model, logical core count and Python version as one line."""
-    cpu_model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu_model}, {os.cpu_count()} logical cores, Python {platform.python_version()}, {platform.system()}"
 
 
 def peak_memory_mb() -> float:
