@@ -32,6 +32,8 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "HEIF")
 ACCEPTED_FORMATS_HINT = "Upload a PNG, JPEG, WebP, GIF, BMP, TIFF or HEIC image"
 MIN_SIDE_PX = 8
 """Images thinner than this on either side cannot hold a readable line of text."""
+MAX_ASPECT_RATIO = 40
+"""Longer side over shorter side. A full-page phone screenshot is about 1:20, a 1:40 strip is a ruler or a border."""
 BACKGROUND_RGB = (255, 255, 255)
 """Transparent pixels are composited on white, as most viewers show them."""
 MAX_16_BIT_VALUE = 65535
@@ -207,6 +209,11 @@ def _check_dimensions(opened: Image.Image, *, source: str, max_pixels: int) -> N
         raise IntakeError(
             f"{source} is only {width}x{height} pixels, too small to hold readable text "
             f"(at least {MIN_SIDE_PX} pixels on each side are needed); upload a larger screenshot."
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise IntakeError(
+            f"{source} is {width}x{height} pixels, a strip more than {MAX_ASPECT_RATIO} times longer than "
+            "it is wide, which cannot be read as a screenshot; crop it to the part you want to ask about."
         )
 
 

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import statistics
@@ -77,6 +78,11 @@ TALL_WORD_RATIO = 2.5
 """A word this many times taller than its line's median word is dropped as an icon or a shape."""
 MIN_SINGLE_CHARACTER_CONFIDENCE = 30.0
 
+TILE_HEIGHT_PX = 4000
+"""Images taller than this (long scrolling screenshots) are read in horizontal tiles of this height."""
+TILE_OVERLAP_PX = 200
+"""Rows that two neighbouring tiles share, so a line cut by one tile's edge is whole in the other."""
+
 _omp_lock = threading.Lock()
 _omp_users = 0
 
@@ -117,6 +123,9 @@ class OcrStage:
 
         Raises SightlineError when Tesseract is missing or fails.
         """
+        if image.height > TILE_HEIGHT_PX:
+            return self._run_tiles(image)
+
         started = time.perf_counter()
         prepared = prepare_image(image.image)
 
@@ -144,6 +153,38 @@ class OcrStage:
             rotation_degrees=rotation_degrees,
             inverted=prepared.inverted,
             scale=float(prepared.scale),
+        )
+
+    def _run_tiles(self, image: ImageInput) -> OcrResult:
+        """Read a tall image in overlapping tiles and join their lines, with boxes in the whole image.
+
+        A line read in the overlap belongs to the tile that holds its vertical centre
+        away from the edge, so it is kept once. Rotation detection runs per tile.
+        """
+        tops = list(range(0, image.height - TILE_OVERLAP_PX, TILE_HEIGHT_PX - TILE_OVERLAP_PX))
+        lines: list[OcrLine] = []
+        results = []
+        for index, top in enumerate(tops):
+            bottom = min(top + TILE_HEIGHT_PX, image.height)
+            tile = dataclasses.replace(image, image=image.image.crop((0, top, image.width, bottom)))
+            result = self.run(tile)
+            results.append(result)
+
+            owned_top = top + (TILE_OVERLAP_PX // 2 if index > 0 else 0)
+            owned_bottom = bottom - (TILE_OVERLAP_PX // 2 if index < len(tops) - 1 else 0)
+            for line in result.lines:
+                shifted = _shift_line(line, dy=top, line_id=f"{image.id}#L{len(lines) + 1}")
+                centre = shifted.box.top + shifted.box.height / 2
+                if owned_top <= centre < owned_bottom:
+                    lines.append(shifted)
+
+        logger.info("OCR of %s in %d tiles: %d lines", image.id, len(tops), len(lines))
+        return OcrResult(
+            image_id=image.id,
+            lines=lines,
+            rotation_degrees=results[0].rotation_degrees,
+            inverted=any(result.inverted for result in results),
+            scale=max(result.scale for result in results),
         )
 
     def _read_rotated(self, prepared: Image.Image, words: list[_Word]) -> tuple[int, list[_Word]]:
@@ -507,6 +548,16 @@ def _to_intake_box(
     right = min(max(left, -(-right // scale)), image_width)
     bottom = min(max(top, -(-bottom // scale)), image_height)
     return Box(left=left, top=top, width=right - left, height=bottom - top)
+
+
+def _shift_box(box: Box, dy: int) -> Box:
+    return Box(left=box.left, top=box.top + dy, width=box.width, height=box.height)
+
+
+def _shift_line(line: OcrLine, *, dy: int, line_id: str) -> OcrLine:
+    """Move a tile's line down by ``dy`` pixels into the whole image, under a new id."""
+    words = [OcrWord(text=word.text, box=_shift_box(word.box, dy), confidence=word.confidence) for word in line.words]
+    return OcrLine(id=line_id, text=line.text, box=_shift_box(line.box, dy), confidence=line.confidence, words=words)
 
 
 def _union(boxes: list[Box]) -> Box:

@@ -71,6 +71,12 @@ def encode_animated_gif() -> bytes:
     return encode(first, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
 
 
+def encode_animated_webp() -> bytes:
+    first = Image.new("RGB", (40, 30), (255, 0, 0))
+    second = Image.new("RGB", (40, 30), (0, 0, 255))
+    return encode(first, "WEBP", save_all=True, append_images=[second], duration=100, loop=0, lossless=True)
+
+
 def encode_noise(image_format: str) -> bytes:
     """Encode random pixels, which compress badly, so that cutting the file cuts pixel data."""
     pixels = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
@@ -116,6 +122,7 @@ class Case:
     size: tuple[int, int] | None = None
     error: str | None = None
     settings: dict = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 CASES = [
@@ -127,6 +134,14 @@ CASES = [
     Case("tiff", encode_rgb("TIFF"), format="TIFF", size=(40, 30)),
     Case("heic named jpg", encode_heic, source="photo.jpg", format="HEIF", size=(40, 30)),
     Case("jpeg named png", encode_rgb("JPEG"), source="photo.png", format="JPEG", size=(40, 30)),
+    Case("heic named heic", encode_heic, source="photo.heic", format="HEIF", size=(40, 30)),
+    Case("animated gif", encode_animated_gif, source="clip.gif", format="GIF", size=(40, 30),
+         notes=["Only the first frame of the animated GIF image was read."]),
+    Case("animated webp", encode_animated_webp, source="clip.webp", format="WEBP", size=(40, 30),
+         notes=["Only the first frame of the animated WEBP image was read."]),
+    Case("tall screenshot", encode_rgb("PNG", (400, 12_000)), format="PNG", size=(400, 12_000)),
+    Case("strip over aspect limit", encode_rgb("PNG", (10, 3_000)),
+         error="10x3000 pixels, a strip more than 40 times longer than it is wide"),
     Case("minimum side", encode_rgb("PNG", (MIN_SIDE_PX, MIN_SIDE_PX)), format="PNG", size=(8, 8)),
     Case("truncated jpeg", lambda: truncate(encode_noise("JPEG")), error="truncated or damaged"),
     Case("truncated png", lambda: truncate(encode_noise("PNG")), error="truncated or damaged"),
@@ -182,6 +197,7 @@ def test_load_image_table(case: Case, tmp_path: Path) -> None:
     assert result.image.mode == "RGB"
     assert result.source == case.source
     assert result.size_bytes == len(data)
+    assert result.notes == case.notes
 
 
 def test_rejected_content_names_accepted_formats(settings: Settings) -> None:
@@ -390,3 +406,29 @@ def test_exif_transpose_reference_matches_table() -> None:
         exif[EXIF_ORIENTATION_TAG] = orientation
         stored = Image.open(io.BytesIO(encode(make_pattern().transpose(method), "PNG", exif=exif)))
         assert list(ImageOps.exif_transpose(stored).getdata()) == list(make_pattern().getdata())
+
+
+def test_tall_screenshot_read_in_tiles(settings: Settings) -> None:
+    from PIL import ImageDraw, ImageFont
+
+    from core.ocr import TILE_HEIGHT_PX, TILE_OVERLAP_PX, OcrStage
+
+    height = 2 * TILE_HEIGHT_PX + 500
+    image = Image.new("RGB", (900, height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=28)
+    # The middle line sits in the overlap of the first two tiles, so both read it.
+    rows = {"Storage quota exceeded": 100,
+            "Sync paused on this device": TILE_HEIGHT_PX - TILE_OVERLAP_PX // 2 - 10,
+            "Contact your workspace admin": height - 200}
+    for text, top in rows.items():
+        draw.text((40, top), text, fill=(0, 0, 0), font=font)
+
+    result = OcrStage(settings=settings).run(load_image(encode(image, "PNG"), source="long.png", settings=settings))
+
+    texts = [line.text for line in result.lines]
+    assert texts == list(rows)
+    for line, top in zip(result.lines, rows.values()):
+        assert abs(line.box.top - top) <= 12
+        assert line.words[0].box.top >= line.box.top
+    assert [line.id for line in result.lines] == [f"{result.image_id}#L{n}" for n in (1, 2, 3)]
