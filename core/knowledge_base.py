@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from core.documents import SECTIONING_VERSION, find_documents, hash_bytes, read_
 from core.embeddings import TextEmbedder
 from core.settings import Settings
 from core.types import Section, SightlineError
+
+if TYPE_CHECKING:
+    from core.image_index import ImageIndexReport
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ class IndexReport:
     rebuilt: bool = False
     """True when the collection was dropped because it was built with another embedding model."""
     elapsed_ms: float = 0.0
+    images: ImageIndexReport | None = None
+    """Reference image changes, set by Sightline.index after the documents are indexed."""
 
     def summary(self) -> str:
         return (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.removed)} removed, "
@@ -284,6 +290,12 @@ class KnowledgeBase:
         result = collection.query(query_embeddings=[vector], n_results=min(k, count), include=["distances"])
         return [(section_id, 1.0 - float(distance))
                 for section_id, distance in zip(result["ids"][0], result["distances"][0])]
+
+    def chroma_client(self):
+        """Return the Chroma client of this knowledge base, opening the store on first use."""
+        if self._client is None:
+            self._client = open_chroma_client(self.settings)
+        return self._client
 
     def image_references(self) -> list[ImageReference]:
         """List every image that an indexed section references, resolved inside the knowledge-base folder."""
