@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from PIL import Image  # noqa: E402
 
-from bench.common import describe_load, describe_machine, package_versions  # noqa: E402
+from bench.common import describe_load, describe_machine, describe_revision, package_versions  # noqa: E402
 from core.pipeline import Sightline  # noqa: E402
 from core.settings import Settings  # noqa: E402
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"Machine: {describe_machine()}")
     print(f"Packages: {package_versions()}")
+    print(f"Code: {describe_revision(REPO_ROOT)}")
     print(f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print()
 

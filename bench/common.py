@@ -58,3 +58,15 @@ def tesseract_version() -> str:
     completed = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
     first_line = (completed.stdout or completed.stderr).splitlines()[:1]
     return first_line[0].removeprefix("tesseract ").strip() if first_line else "unknown"
+
+
+def describe_revision(repo_root: Path) -> str:
+    """Return the short commit of ``repo_root``, flagged when core/ or app/ has uncommitted changes."""
+    def git(*arguments: str) -> str:
+        completed = subprocess.run(["git", *arguments], cwd=repo_root, capture_output=True, text=True, check=False)
+        return completed.stdout.strip() if completed.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
+    if git("status", "--porcelain", "--", "core", "app"):
+        return f"{commit} with uncommitted changes in core/ or app/"
+    return commit

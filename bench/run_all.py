@@ -19,7 +19,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
-from bench.common import describe_load, describe_machine  # noqa: E402
+from bench.common import describe_load, describe_machine, describe_revision  # noqa: E402
 
 SCRIPTS = ("bench_ocr.py", "bench_speech.py", "bench_pipeline.py")
 
@@ -51,6 +51,7 @@ def main() -> int:
     """Run every script in SCRIPTS; return 1 when any of them failed."""
     print(f"Machine: {describe_machine()}")
     print(f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(f"Code: {describe_revision(BENCH_DIR.parent)}")
     print()
     results = [run_script(name) for name in SCRIPTS]
     return 0 if all(results) else 1
