@@ -24,6 +24,9 @@ logger = logging.getLogger("sightline")
 
 EXIT_INPUT_ERROR = 1
 
+_store_lock = None
+"""The lock on the embedded Chroma store that this process holds until it exits."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sightline", description="Grounded visual question answering.")
@@ -46,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print the answer, citations and timings as JSON")
     ask.add_argument("--no-index", action="store_true", help="skip the incremental re-index before answering")
     _add_common_options(ask)
+
+    audit = commands.add_parser("audit", help="list the recorded answers, or export them to a file")
+    audit.add_argument("--limit", type=int, default=20, help="newest answers to list or export (default 20, 0 for all)")
+    audit.add_argument("--conversation", help="only the answers of this conversation id")
+    audit.add_argument("--export", type=Path, metavar="PATH", help="write the answers to a .jsonl or .csv file")
+    audit.add_argument("--data-dir", type=Path, help="folder that holds audit.sqlite3")
+
+    commands.add_parser("hash-password", help="read a password from the terminal and print a hash for auth_users")
     return parser
 
 
@@ -70,15 +81,31 @@ def main(argv: list[str] | None = None) -> int:
             return _index(settings)
         if arguments.command == "ask":
             return _ask(settings, arguments)
+        if arguments.command == "audit":
+            return _audit(settings, arguments)
+        if arguments.command == "hash-password":
+            return _hash_password()
         return _serve(settings)
     except SightlineError as error:
         print(f"sightline: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR
 
 
+def _lock_store(settings: Settings, command: str) -> None:
+    """Take the embedded store's lock for the rest of the process; a Chroma server needs none."""
+    global _store_lock
+    if settings.chroma_host:
+        return
+    from core.locking import StoreLock
+
+    _store_lock = StoreLock(settings.data_dir, command=command)
+    _store_lock.acquire()
+
+
 def _index(settings: Settings) -> int:
     from core.pipeline import Sightline
 
+    _lock_store(settings, "index")
     engine = Sightline(settings=settings)
     report = engine.index(settings.kb_dir, progress=sys.stderr.isatty())
     print(f"Indexed {settings.kb_dir}: {report.summary()} ({report.elapsed_ms / 1000:.1f} s)")
@@ -91,6 +118,7 @@ def _ask(settings: Settings, arguments: argparse.Namespace) -> int:
     from core.pipeline import Sightline
 
     started = time.perf_counter()
+    _lock_store(settings, "ask")
     engine = Sightline(settings=settings)
     if not arguments.no_index:
         engine.index(settings.kb_dir)
@@ -129,9 +157,47 @@ def _describe_citation(citation) -> str:
     return f"{evidence.document_title} › {evidence.heading} ({evidence.source})"
 
 
+def _audit(settings: Settings, arguments: argparse.Namespace) -> int:
+    from core.audit import AuditRecord
+
+    record = AuditRecord(settings=settings)
+    limit = arguments.limit or None
+    if arguments.export is not None:
+        count = record.export(arguments.export, limit=limit)
+        print(f"Exported {count} answers to {arguments.export}")
+        return 0
+
+    rows = record.list(limit=limit, conversation_id=arguments.conversation)
+    for row in rows:
+        grounding = "-" if row.grounding is None else f"{row.grounding:.2f}"
+        total_ms = row.timings_ms.get("total", 0.0)
+        print(f"#{row.id} {row.created_utc} conversation={row.conversation_id} turn={row.turn} "
+              f"engine={row.engine} grounding={grounding} total={total_ms:.0f}ms")
+        print(f"  question: {row.question if row.question is not None else '(not stored)'}")
+        print(f"  inputs: {', '.join(row.input_ids) or '-'}")
+        print(f"  cited: {', '.join(row.cited_ids) or '-'}")
+    if not rows:
+        print(f"No answers recorded in {record.path}")
+    return 0
+
+
+def _hash_password() -> int:
+    import getpass
+
+    from core.access import hash_password
+
+    password = getpass.getpass("Password: ")
+    if password != getpass.getpass("Repeat: "):
+        print("sightline: the passwords differ; nothing was printed.", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    print(hash_password(password))
+    return 0
+
+
 def _serve(settings: Settings) -> int:
     from app.ui import serve
 
+    _lock_store(settings, "serve")
     serve(settings)
     return 0
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import gradio as gr
 
+from core.access import BUSY_MESSAGE, RateLimiter, check_bind, verify_password
+from core.media_store import MediaStore
 from core.pipeline import Conversation, ImageInContext, Sightline
 from core.settings import Settings
 from core.types import Answer, Citation, SightlineError
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 NO_VISION_NOTE = "No vision model configured: images are read by OCR only."
 EMPTY_CONTEXT_TEXT = "No screenshot in context. Attach one to ask about it."
+FORGOTTEN_IMAGE_TEXT = "(image forgotten)"
 INPUT_PLACEHOLDER = "Ask about a screenshot: upload, paste or drop it here, or record a voice note"
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".webm"})
@@ -84,6 +87,8 @@ class Submission:
     files: list[str]
     first_message_index: int
     """Index in the chat history of the user message that shows this submission."""
+    owner: str = ""
+    """Gradio session hash under which the media store keeps this submission's files."""
 
 
 @dataclass
@@ -276,9 +281,12 @@ def describe_conversation(conversation: Conversation) -> str:
 class ChatHandlers:
     """The event handlers of one app. Per-session data arrives and leaves through SessionState."""
 
-    def __init__(self, *, engine: Sightline, image_dir: Path) -> None:
+    def __init__(self, *, engine: Sightline, image_dir: Path, media_store: MediaStore | None = None,
+                 rate_limiter: RateLimiter | None = None) -> None:
         self.engine = engine
         self.image_dir = image_dir
+        self.media_store = media_store
+        self.rate_limiter = rate_limiter
 
     def show_question(self, submitted: dict[str, Any] | None, session: SessionState | None):
         """Add the user's message to the chat at once and lock the input until the answer comes."""
@@ -305,27 +313,105 @@ class ChatHandlers:
         logger.info("Question received session=%s conversation=%s attachments=%d",
                     session_id, conversation.id, len(submission.files))
 
+        if self.rate_limiter is not None and not self.rate_limiter.allow(session_id or "anonymous"):
+            return self._show_error(session, submission, SightlineError(BUSY_MESSAGE), session_id=session_id,
+                                    images_accepted=True)
+        adopted = self._adopt_uploads(session_id, submission)
+
         try:
             image_paths, audio_path = split_attachments(submission.files)
             answer = self.engine.ask(submission.text, conversation=conversation,
                                      image_paths=image_paths, audio_path=audio_path)
         except Exception as error:
             accepted_images = len(conversation.images) - images_before
+            self._settle_uploads(submission, adopted, conversation.images[images_before:],
+                                 keep_originals=accepted_images == len(image_attachments(submission)))
             self._roll_back(conversation, images_before=images_before, transcripts_before=transcripts_before)
             return self._show_error(session, submission, error, session_id=session_id,
                                     images_accepted=accepted_images == len(image_attachments(submission)))
 
         new_images = conversation.images[images_before:]
+        self._settle_uploads(submission, adopted, new_images, keep_originals=False)
         session.messages[submission.first_message_index:] = [
             self._user_message(submission, new_images, answer, audio_path=audio_path),
             {"role": "assistant", "content": format_answer(answer)},
         ]
         return self._outputs(session, textbox_value=None, answer=answer)
 
-    def reset(self):
-        """Start a new conversation: forget the session's images, voice notes and chat."""
+    def reset(self, request: gr.Request):
+        """Start a new conversation: forget the session's images, voice notes and chat, and delete their files."""
+        self.end_session(request)
         session = SessionState()
         return self._outputs(session, textbox_value=None, answer=None)
+
+    def forget_images(self, session: SessionState | None, request: gr.Request):
+        """Forget the images in context: drop them from the conversation and chat and delete their files."""
+        session = session if session is not None else SessionState()
+        conversation = session.conversation
+        owner = request.session_hash if request is not None else ""
+        forgotten = [item.image.id for item in conversation.active_images()]
+
+        removed_paths: set[str] = set()
+        for image_id in forgotten:
+            self.engine.forget_image(conversation, image_id)
+            if self.media_store is not None:
+                removed_paths.add(str(self.media_store.session_dir(owner) / (image_id.replace("sha256:", "") + ".png")))
+                self.media_store.forget(owner, image_id)
+        _replace_images_in_messages(session.messages, removed_paths)
+        logger.info("Forgot images session=%s conversation=%s images=%d", owner, conversation.id, len(forgotten))
+
+        screenshot = self._screenshot_panel(conversation, None)
+        return session.messages, gr.skip(), screenshot, describe_conversation(conversation), session
+
+    def end_session(self, request: gr.Request) -> None:
+        """Delete every file of a browser session; Gradio calls this when the tab closes."""
+        owner = request.session_hash if request is not None else None
+        if owner is None:
+            return
+        if self.media_store is not None:
+            self.media_store.end_session(owner)
+        if self.rate_limiter is not None:
+            self.rate_limiter.forget(owner)
+
+    def _adopt_uploads(self, session_id: str | None, submission: Submission) -> dict[str, str]:
+        """Move the submission's uploads out of Gradio's cache into the private store; map new path to media id.
+
+        The submission's file list is changed to the private paths.
+        """
+        submission.owner = session_id or "anonymous"
+        if self.media_store is None:
+            return {}
+        adopted: dict[str, str] = {}
+        private_files = []
+        for file in submission.files:
+            try:
+                media_id, private_path = self.media_store.adopt_upload(submission.owner, Path(file))
+            except OSError as error:
+                logger.error("Could not move upload session=%s into the media store: %s", submission.owner, error)
+                private_files.append(file)
+                continue
+            adopted[str(private_path)] = media_id
+            private_files.append(str(private_path))
+        submission.files = private_files
+        return adopted
+
+    def _settle_uploads(self, submission: Submission, adopted: dict[str, str], new_images: list[ImageInContext],
+                        *, keep_originals: bool) -> None:
+        """Key stored images by content id, and delete the original image bytes unless they go back to the input.
+
+        Voice notes stay, because the chat plays them, until forget, session end or retention.
+        """
+        if self.media_store is None:
+            return
+        image_files = [file for file in image_attachments(submission) if file in adopted]
+        for file, item in zip(image_files, new_images):
+            self.media_store.rename(submission.owner, adopted[file], item.image.id)
+            adopted[file] = item.image.id
+        for file, media_id in adopted.items():
+            if file in image_files and not keep_originals:
+                self.media_store.discard_original(submission.owner, media_id)
+            else:
+                self.media_store.add_derived(submission.owner, media_id, Path(file))
 
     def _show_error(self, session: SessionState, submission: Submission, error: Exception, *,
                     session_id: str | None, images_accepted: bool):
@@ -361,7 +447,7 @@ class ChatHandlers:
         """Build the user's message: the upright images, the voice note, the question and the transcript."""
         content: list[Any] = []
         for item in new_images:
-            content.append({"path": str(self._save_upright(item)), "alt_text": item.image.source})
+            content.append({"path": str(self._save_upright(item, owner=submission.owner)), "alt_text": item.image.source})
         if audio_path is not None:
             content.append({"path": str(audio_path), "alt_text": audio_path.name})
         if submission.text.strip():
@@ -371,8 +457,10 @@ class ChatHandlers:
             content.append(transcript_note)
         return {"role": "user", "content": content}
 
-    def _save_upright(self, item: ImageInContext) -> Path:
+    def _save_upright(self, item: ImageInContext, *, owner: str = "") -> Path:
         """Write the intake's upright, metadata-free pixels as a PNG named by content hash, once."""
+        if self.media_store is not None:
+            return self.media_store.save_display_copy(owner, item.image)
         path = self.image_dir / (item.image.id.replace("sha256:", "") + ".png")
         if not path.exists():
             item.image.image.save(path, format="PNG")
@@ -402,6 +490,18 @@ class ChatHandlers:
         return gr.AnnotatedImage(value=value, label=label, visible=True)
 
 
+def _replace_images_in_messages(messages: list[dict[str, Any]], removed_paths: set[str]) -> None:
+    """Replace every chat attachment whose path is in ``removed_paths`` with a short note."""
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        message["content"] = [
+            FORGOTTEN_IMAGE_TEXT if isinstance(part, dict) and str(part.get("path")) in removed_paths else part
+            for part in content
+        ]
+
+
 def split_attachments(files: list[str]) -> tuple[list[Path], Path | None]:
     """Sort attachments into images and at most one voice note, by file suffix.
 
@@ -429,10 +529,14 @@ def build_app(engine: Sightline, *, settings: Settings) -> gr.Blocks:
     """Build the chat app around an engine that is already indexed. The caller launches it."""
     image_dir = Path(tempfile.mkdtemp(prefix="sightline-ui-"))
     atexit.register(shutil.rmtree, image_dir, ignore_errors=True)
-    handlers = ChatHandlers(engine=engine, image_dir=image_dir)
+    media_store = _open_media_store(settings)
+    handlers = ChatHandlers(engine=engine, image_dir=image_dir, media_store=media_store,
+                            rate_limiter=RateLimiter(max_per_minute=settings.rate_limit_per_minute))
+    retention_s = max(1, int(settings.media_retention_s))
+    sweep_interval_s = min(CACHE_CLEANUP_INTERVAL_S, max(1, retention_s // 4))
 
     with gr.Blocks(title="Sightline", analytics_enabled=False,
-                   delete_cache=(CACHE_CLEANUP_INTERVAL_S, CACHE_MAX_AGE_S)) as app:
+                   delete_cache=(sweep_interval_s, retention_s)) as app:
         session = gr.State(None, time_to_live=SESSION_STATE_TTL_S)
 
         gr.Markdown("# Sightline\nAsk about a screenshot or a voice note. Each answer cites the screenshot "
@@ -450,6 +554,7 @@ def build_app(engine: Sightline, *, settings: Settings) -> gr.Blocks:
                                                file_count="multiple", show_label=False, autofocus=True,
                                                placeholder=INPUT_PLACEHOLDER)
                 new_conversation = gr.Button("New conversation", size="sm", variant="secondary")
+                forget = gr.Button("Forget this image", size="sm", variant="secondary", elem_id="sl-forget")
             with gr.Column(scale=2):
                 screenshot = gr.AnnotatedImage(elem_id="sl-screenshot", label="Screenshot", format="png",
                                                visible=False)
@@ -461,12 +566,49 @@ def build_app(engine: Sightline, *, settings: Settings) -> gr.Blocks:
         shown.then(handlers.answer_question, [session], outputs, concurrency_id="engine")
         new_conversation.click(handlers.reset, None, outputs, queue=False)
         chatbot.clear(handlers.reset, None, outputs, queue=False)
+        forget.click(handlers.forget_images, [session], outputs, queue=False)
+        app.unload(handlers.end_session)
 
     return app
 
 
+def _open_media_store(settings: Settings) -> MediaStore:
+    """Point Gradio's upload cache at a private folder and open the media store that cleans it.
+
+    GRADIO_TEMP_DIR is read when gr.Blocks and the server app are created (Gradio 6.31),
+    so this runs before both.
+    """
+    gradio_cache = Path(tempfile.mkdtemp(prefix="sightline-gradio-"))
+    os.environ["GRADIO_TEMP_DIR"] = str(gradio_cache)
+    atexit.register(shutil.rmtree, gradio_cache, ignore_errors=True)
+
+    store = MediaStore(root=settings.media_dir, retention_s=settings.media_retention_s,
+                       gradio_cache_dir=gradio_cache)
+    store.start_sweeper(interval_s=min(CACHE_CLEANUP_INTERVAL_S, settings.media_retention_s / 4))
+    atexit.register(store.close)
+    return store
+
+
+def _make_auth(users: dict[str, str]):
+    """Build Gradio's login check: scrypt hashes compared in constant time, and an unknown name costs as much."""
+    dummy_hash = next(iter(users.values()))
+
+    def check(user_name: str, password: str) -> bool:
+        stored_hash = users.get(user_name)
+        matches = verify_password(password, stored_hash or dummy_hash)
+        accepted = matches and stored_hash is not None
+        logger.info("Login %s for user=%r", "accepted" if accepted else "rejected", user_name)
+        return accepted
+
+    return check
+
+
 def serve(settings: Settings) -> None:
-    """Index the knowledge base, warm the models up and serve the app until interrupted."""
+    """Index the knowledge base, warm the models up and serve the app until interrupted.
+
+    Raises SightlineError before any work when the bind address is unsafe (see core.access.check_bind).
+    """
+    users = check_bind(settings)
     started = time.perf_counter()
     logger.info("Starting Sightline UI host=%s port=%d kb_dir=%s", settings.host, settings.port, settings.kb_dir)
 
@@ -481,12 +623,15 @@ def serve(settings: Settings) -> None:
     logger.info("Models ready in %.1f s", time.perf_counter() - started)
 
     app = build_app(engine, settings=settings)
-    app.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
+    # NOTE: a full queue is answered by Gradio's own "Queue is full" message, which Sightline cannot reword.
+    app.queue(default_concurrency_limit=1, max_size=settings.queue_max_size)
     # Gradio rejects larger uploads before they reach the disk, with its own message. Both
     # engine limits count mebibytes.
     max_upload_bytes = int(max(settings.max_upload_mb, settings.max_audio_mb) * 1024 * 1024)
     app.launch(server_name=settings.host, server_port=settings.port, share=False,
                max_file_size=max_upload_bytes, state_session_capacity=MAX_SESSIONS,
                ssr_mode=False, mcp_server=False, footer_links=["api", "settings"], css=CSS,
-               quiet=True)
+               quiet=True, auth=_make_auth(users) if users else None,
+               auth_message="Log in to Sightline." if users else None,
+               blocked_paths=[str(settings.data_dir)])
     logger.info("Stopped Sightline UI host=%s port=%d", settings.host, settings.port)

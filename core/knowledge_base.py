@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ import numpy as np
 
 from core.documents import SECTIONING_VERSION, find_documents, hash_bytes, read_document, split_sections
 from core.embeddings import TextEmbedder
+from core.locking import indexing_marker
 from core.settings import Settings
 from core.types import Section, SightlineError
 
@@ -125,8 +128,41 @@ def open_chroma_client(settings: Settings):
                 "Start it with `chroma run`, or unset SIGHTLINE_CHROMA_HOST to use the embedded store."
             ) from error
 
+    marker = indexing_marker(settings.data_dir)
+    if marker.exists():
+        logger.warning(
+            "An indexing run on %s stopped before it finished (found %s). Deleting the store; "
+            "the next index rebuilds it from the documents in %s.", settings.chroma_dir, marker, settings.kb_dir)
+        _delete_embedded_store(settings)
+
     settings.chroma_dir.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+    try:
+        client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+        _check_store(client)
+    except Exception as error:  # a damaged SQLite file or HNSW segment raises many exception types
+        logger.error(
+            "The Chroma store in %s is broken (%s: %s). Deleting it; the next index rebuilds it "
+            "from the documents in %s.", settings.chroma_dir, type(error).__name__, error, settings.kb_dir)
+        _delete_embedded_store(settings)
+        settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+        client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+    return client
+
+
+def _check_store(client) -> None:
+    """Read every collection's size and one record, which fails on a store with damaged files."""
+    for collection in client.list_collections():
+        if collection.count():
+            collection.peek(limit=1)
+
+
+def _delete_embedded_store(settings: Settings) -> None:
+    """Delete the embedded store and the indexing marker, and drop Chroma's cached client for the folder."""
+    from chromadb.api.client import SharedSystemClient
+
+    SharedSystemClient.clear_system_cache()
+    shutil.rmtree(settings.chroma_dir, ignore_errors=True)
+    indexing_marker(settings.data_dir).unlink(missing_ok=True)
 
 
 class KnowledgeBase:
@@ -194,6 +230,10 @@ class KnowledgeBase:
 
         with self._write_lock:
             collection = self._open_collection(rebuild_report=report)
+            # The marker stays behind if this run is killed, and the next start-up rebuilds the store.
+            marker = indexing_marker(self.settings.data_dir) if not self.settings.chroma_host else None
+            if marker is not None:
+                marker.write_text(f"pid {os.getpid()}\n")
             indexed_hashes = self._indexed_document_hashes(collection)
             paths = find_documents(kb_dir)
 
@@ -216,6 +256,8 @@ class KnowledgeBase:
             self._sections = None
             self.version += 1
             report.sections_total = collection.count()
+            if marker is not None:
+                marker.unlink(missing_ok=True)
 
         report.elapsed_ms = (time.perf_counter() - started) * 1000
         logger.info("Indexed %s in %.0f ms: %s", kb_dir, report.elapsed_ms, report.summary())

@@ -83,6 +83,7 @@ class Sightline:
         self._ocr_stage = None
         self._speech_stage = None
         self._ocr_cache: OrderedDict[str, OcrResult] = OrderedDict()
+        self._audit = None
         self._lock = threading.Lock()
 
     @property
@@ -125,13 +126,16 @@ class Sightline:
         images_before = len(conversation.images)
         transcripts_before = len(conversation.transcripts)
         try:
-            return self._ask(question, conversation, image_paths, audio_path)
+            answer = self._ask(question, conversation, image_paths, audio_path)
         except BaseException:
             # A failed turn leaves the conversation as it was, so a bad upload cannot replace
             # the screenshot that follow-up questions are about.
             del conversation.images[images_before:]
             del conversation.transcripts[transcripts_before:]
             raise
+
+        self._record_audit(answer, conversation)
+        return answer
 
     def _ask(self, question: str, conversation: Conversation, image_paths, audio_path: Path | None) -> Answer:
         timings: dict[str, float] = {}
@@ -195,6 +199,51 @@ class Sightline:
             len(answer.citations), {stage: round(ms) for stage, ms in timings.items()},
         )
         return answer
+
+    def forget_image(self, conversation: Conversation, image_id: str) -> bool:
+        """Remove an image, its OCR result and the OCR lines kept in earlier answers from a conversation.
+
+        Returns False when the conversation has no such image. The cached OCR result goes
+        too, so another conversation with the same image has it read again.
+        NOTE: answer texts that already quote the image's lines stay in the turns' answers.
+        """
+        kept = [item for item in conversation.images if item.image.id != image_id]
+        if len(kept) == len(conversation.images):
+            return False
+        conversation.images[:] = kept
+        for turn in conversation.turns:
+            turn.answer.ocr = [result for result in turn.answer.ocr if result.image_id != image_id]
+        with self._lock:
+            self._ocr_cache.pop(image_id, None)
+        logger.info("Forgot image conversation=%s image=%s", conversation.id, image_id)
+        return True
+
+    @property
+    def audit(self):
+        """The audit record in the data folder, opened on first use; None when auditing is off."""
+        if not self.settings.audit_enabled:
+            return None
+        if self._audit is None:
+            from core.audit import AuditRecord
+
+            self._audit = AuditRecord(settings=self.settings)
+        return self._audit
+
+    def _record_audit(self, answer: Answer, conversation: Conversation) -> None:
+        """Append the answer to the audit record; a failure is logged and never fails the answer."""
+        import sqlite3
+
+        try:
+            record = self.audit
+            if record is None:
+                return
+            inputs = [(item.image.id, item.image.size_bytes) for item in conversation.active_images()]
+            if answer.transcript is not None:
+                inputs.append((answer.transcript.audio_id, None))
+            record.add(conversation.turns[-1].question, answer, conversation_id=conversation.id,
+                       turn=len(conversation.turns) - 1, inputs=inputs)
+        except (sqlite3.Error, OSError, SightlineError) as error:
+            logger.error("Could not write the audit record for conversation=%s: %s", conversation.id, error)
 
     def _load_image(self, path: Path) -> ImageInput:
         from core.intake import load_image

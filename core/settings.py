@@ -97,6 +97,25 @@ class Settings:
     # Serving.
     host: str = "127.0.0.1"
     port: int = 7860
+    allow_remote: bool = False
+    """Binding to an address other than loopback needs this and at least one user in auth_users."""
+    auth_users: str = ""
+    """Logins as ``name:hash`` pairs separated by commas; ``sightline hash-password`` makes a hash."""
+    rate_limit_per_minute: int = 20
+    """Questions one browser session may send per minute; more are answered with a busy message."""
+    queue_max_size: int = 64
+    """Questions waiting for the engine across all sessions; more are answered with a busy message."""
+
+    # Privacy and audit.
+    media_dir: Path | None = None
+    """Private folder for uploads during a session; None makes a fresh folder in the system's temporary folder."""
+    media_retention_s: float = 3600.0
+    """Uploads and the files made from them are deleted this long after upload, or earlier when the session ends."""
+    audit_enabled: bool = True
+    """Record every answer in data_dir/audit.sqlite3 (question, input hashes, cited evidence ids, timings)."""
+    audit_store_question: bool = True
+    log_media_text: bool = False
+    """Also store OCR and transcript text in the audit record. Off by default, because it is the user's content."""
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
