@@ -76,6 +76,18 @@ class Settings:
     llm_api_key: str | None = None
     llm_vision: bool = False
     llm_timeout_s: float = 60.0
+    llm_max_retries: int = 2
+    """Retries after a connection error, a time-out, HTTP 408, 409, 429 or 5xx, with exponential back-off."""
+    llm_context_tokens: int = 4096
+    """Context size of the model in tokens: prompt and answer together must fit in it."""
+    llm_max_answer_tokens: int = 512
+    """Tokens reserved for the model's answer, and the most it may write."""
+    llm_confident_similarity: float = 0.45
+    """Below this cosine similarity of the best section, the extractive answer counts as unsure and the model answers."""
+    llm_min_grounding: float = 0.5
+    """Below this grounding score from the citation check, the model's answer is replaced by the extractive one."""
+    llm_log_prompts: bool = False
+    """Log the full prompt and reply text at INFO; off by default, because they contain the user's media text."""
 
     # Limits.
     max_upload_mb: float = 25.0
@@ -93,6 +105,12 @@ class Settings:
     min_dense_similarity: float = 0.25
     """Below this cosine similarity of the best section, the knowledge base does not cover the question."""
     max_answer_sentences: int = 4
+
+    # Citation check (core/verify.py).
+    citation_min_overlap: float = 0.5
+    """Share of a sentence's content words that the cited evidence must contain for the citation to hold."""
+    citation_min_similarity: float = 0.55
+    """Cosine similarity to the best evidence sentence that a citation must reach as well."""
 
     # Serving.
     host: str = "127.0.0.1"

@@ -210,6 +210,32 @@ class Citation:
 
 
 @dataclass
+class SentenceGrounding:
+    """One checked sentence of an answer: its citations, support score and verdict."""
+
+    text: str
+    """The sentence as shown, without its ``[n]`` markers."""
+    citations: list[int]
+    """Numbers of the citations that support it, after repair and renumbering."""
+    score: float
+    """Support from 0 to 1: mean of content-word recall and embedding cosine against the best evidence sentence."""
+    supported: bool
+    status: str = "verified"
+    """``verified``, ``repaired`` (marker rewritten), ``added`` (missing marker added),
+    ``unsupported`` (shown with a mark) or ``removed`` (left out of the text)."""
+    evidence_text: str | None = None
+    """The evidence sentence that supports it best, for highlighting in the evidence view."""
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"text": self.text, "citations": list(self.citations),
+                                  "score": round(self.score, 3), "supported": self.supported,
+                                  "status": self.status}
+        if self.evidence_text is not None:
+            record["evidence_text"] = self.evidence_text
+        return record
+
+
+@dataclass
 class Answer:
     """The reply to one question: text with ``[n]`` markers and the citations they name."""
 
@@ -225,6 +251,10 @@ class Answer:
     retrieved: list[RetrievedSection] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)
     """The images, voice notes and sections in play for this turn."""
+    grounding: float | None = None
+    """Share of the answer, by content words, that its cited evidence supports (0 to 1); None before the check."""
+    sentences: list[SentenceGrounding] = field(default_factory=list)
+    """The checked sentences, including removed ones, in answer order."""
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -235,6 +265,8 @@ class Answer:
             "timings_ms": {stage: round(ms, 1) for stage, ms in self.timings_ms.items()},
             "warnings": list(self.warnings),
             "context": self.context,
+            "grounding": None if self.grounding is None else round(self.grounding, 3),
+            "sentences": [sentence.to_json() for sentence in self.sentences],
         }
         if self.ocr:
             record["ocr"] = [
