@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 NO_VISION_NOTE = "No vision model configured: images are read by OCR only."
 EMPTY_CONTEXT_TEXT = "No screenshot in context. Attach one to ask about it."
 FORGOTTEN_IMAGE_TEXT = "(image forgotten)"
+THOROUGH_LABEL = "Thorough answer (uses the configured model)"
 INPUT_PLACEHOLDER = "Ask about a screenshot: upload, paste or drop it here, or record a voice note"
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".webm"})
@@ -298,8 +299,11 @@ class ChatHandlers:
         session.messages.append({"role": "user", "content": format_pending_question(submission)})
         return session.messages, gr.MultimodalTextbox(value=None, interactive=False), session
 
-    def answer_question(self, session: SessionState | None, request: gr.Request):
-        """Run the engine on the pending question and render the answer, or the error in its place."""
+    def answer_question(self, session: SessionState | None, request: gr.Request, thorough: bool = False):
+        """Run the engine on the pending question and render the answer, or the error in its place.
+
+        ``thorough`` comes from the "Thorough answer" checkbox, shown only when a model is configured.
+        """
         session = session if session is not None else SessionState()
         submission = session.pending
         session.pending = None
@@ -320,7 +324,7 @@ class ChatHandlers:
 
         try:
             image_paths, audio_path = split_attachments(submission.files)
-            answer = self.engine.ask(submission.text, conversation=conversation,
+            answer = self.engine.ask(submission.text, conversation=conversation, thorough=bool(thorough),
                                      image_paths=image_paths, audio_path=audio_path)
         except Exception as error:
             accepted_images = len(conversation.images) - images_before
@@ -555,6 +559,9 @@ def build_app(engine: Sightline, *, settings: Settings) -> gr.Blocks:
                                                placeholder=INPUT_PLACEHOLDER)
                 new_conversation = gr.Button("New conversation", size="sm", variant="secondary")
                 forget = gr.Button("Forget this image", size="sm", variant="secondary", elem_id="sl-forget")
+                thorough = None
+                if settings.llm_base_url:
+                    thorough = gr.Checkbox(value=False, label=THOROUGH_LABEL, elem_id="sl-thorough")
             with gr.Column(scale=2):
                 screenshot = gr.AnnotatedImage(elem_id="sl-screenshot", label="Screenshot", format="png",
                                                visible=False)
@@ -563,7 +570,8 @@ def build_app(engine: Sightline, *, settings: Settings) -> gr.Blocks:
         outputs = [chatbot, textbox, screenshot, context, session]
         shown = textbox.submit(handlers.show_question, [textbox, session], [chatbot, textbox, session],
                                queue=False)
-        shown.then(handlers.answer_question, [session], outputs, concurrency_id="engine")
+        answer_inputs = [session] if thorough is None else [session, thorough]
+        shown.then(handlers.answer_question, answer_inputs, outputs, concurrency_id="engine")
         new_conversation.click(handlers.reset, None, outputs, queue=False)
         chatbot.clear(handlers.reset, None, outputs, queue=False)
         forget.click(handlers.forget_images, [session], outputs, queue=False)
