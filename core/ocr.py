@@ -77,6 +77,15 @@ MIN_LINE_CONFIDENCE = 10.0
 TALL_WORD_RATIO = 2.5
 """A word this many times taller than its line's median word is dropped as an icon or a shape."""
 MIN_SINGLE_CHARACTER_CONFIDENCE = 30.0
+COLUMN_GAP_RATIO = 3.0
+"""A gap between two words wider than this many median word heights splits a line in two.
+
+Tesseract joins words across columns (a sidebar and a banner) into one line; word
+spacing inside a sentence stays under one word height.
+"""
+ICON_WORD_MAX_CONFIDENCE = 60.0
+"""A short word split off a line by a column gap, below this confidence, is an icon read as letters."""
+ICON_WORD_MAX_CHARS = 4
 
 TILE_HEIGHT_PX = 4000
 """Images taller than this (long scrolling screenshots) are read in horizontal tiles of this height."""
@@ -462,9 +471,15 @@ def _group_lines(
         if not _is_stray_character(word):
             grouped.setdefault(word.key, []).append(word)
 
-    lines: list[OcrLine] = []
+    runs: list[list[_Word]] = []
     for line_words in grouped.values():
-        line_words = _drop_tall_words(line_words)
+        line_runs = _split_at_column_gaps(_drop_tall_words(line_words))
+        if len(line_runs) > 1:
+            line_runs = [run for run in line_runs if not _is_icon_word(run)]
+        runs.extend(line_runs)
+
+    lines: list[OcrLine] = []
+    for line_words in runs:
         if _is_garbage(line_words):
             continue
 
@@ -493,6 +508,32 @@ def _is_stray_character(word: _Word) -> bool:
     """Tell whether a word is a single weak character, as the edge of an icon or a button reads."""
     alphanumeric_count = sum(character.isalnum() for character in word.text)
     return alphanumeric_count <= 1 and len(word.text) <= 2 and word.confidence < MIN_SINGLE_CHARACTER_CONFIDENCE
+
+
+def _split_at_column_gaps(line_words: list[_Word]) -> list[list[_Word]]:
+    """Split a line's words, in reading order, wherever the gap is wider than COLUMN_GAP_RATIO word heights.
+
+    Sideways text that Tesseract read without turning the page has no horizontal gaps, so it stays whole.
+    """
+    if len(line_words) < 2:
+        return [line_words] if line_words else []
+    ordered = line_words
+    max_gap = COLUMN_GAP_RATIO * statistics.median(word.height for word in ordered)
+
+    runs = [[ordered[0]]]
+    for previous, word in zip(ordered, ordered[1:]):
+        if word.left - (previous.left + previous.width) > max_gap:
+            runs.append([])
+        runs[-1].append(word)
+    return runs
+
+
+def _is_icon_word(line_words: list[_Word]) -> bool:
+    """Tell whether a run split off a line is one short, weak word, as an icon or a window control reads."""
+    if len(line_words) != 1:
+        return False
+    word = line_words[0]
+    return len(word.text) <= ICON_WORD_MAX_CHARS and word.confidence < ICON_WORD_MAX_CONFIDENCE
 
 
 def _drop_tall_words(line_words: list[_Word]) -> list[_Word]:
