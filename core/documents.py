@@ -35,7 +35,7 @@ _SRC_ATTRIBUTE = re.compile(r"<(?:img|Image)\b[^>]*?\bsrc\s*=\s*(?:\"([^\"]+)\"|
                             re.IGNORECASE)
 _IMAGE_TAG = re.compile(r"<(?:img|Image)\b[^>]*>", re.IGNORECASE)
 _ALT_ATTRIBUTE = re.compile(r"\balt\s*=\s*(?:\"([^\"]*)\"|'([^']*)')", re.IGNORECASE)
-SECTIONING_VERSION = 3
+SECTIONING_VERSION = 4
 """Bump when the cutting or cleaning of sections changes, so stores built the old way are rebuilt."""
 CODE_FENCE = "```"
 """Line that opens or closes a code block in a section's plain text."""
@@ -314,12 +314,17 @@ def _extract_html_text(source: str) -> tuple[str, list[tuple[int, int, str]]]:
     parts: list[str] = []
     headings: list[tuple[int, int, str]] = []
     length = 0
-    block_tags = ["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "td", "th", "dt", "dd", "blockquote"]
+    # A table row is one block with its cells joined by " | ", so a row's cells stay together.
+    block_tags = ["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "tr", "dt", "dd", "blockquote"]
     root = soup.body or soup
     for element in root.find_all(block_tags):
         if element.find_parent(block_tags):
             continue
-        block = " ".join(element.get_text(" ").split())
+        if element.name == "tr":
+            cells = [" ".join(cell.get_text(" ").split()) for cell in element.find_all(["td", "th"])]
+            block = " | ".join(cell for cell in cells if cell)
+        else:
+            block = " ".join(element.get_text(" ").split())
         if not block:
             continue
         if element.name.startswith("h"):
