@@ -37,6 +37,10 @@ class TextEmbedder:
                 return
 
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+
+            # The per-load progress bar of transformers is noise on a terminal and in logs.
+            transformers_logging.disable_progress_bar()
 
             path = resolve_model_reference(self.model_name)
             started = time.perf_counter()
