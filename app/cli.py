@@ -109,9 +109,13 @@ def _index(settings: Settings) -> int:
     engine = Sightline(settings=settings)
     report = engine.index(settings.kb_dir, progress=sys.stderr.isatty())
     print(f"Indexed {settings.kb_dir}: {report.summary()} ({report.elapsed_ms / 1000:.1f} s)")
-    for path, reason in report.failed.items():
+    images = report.images
+    if images is not None:
+        print(f"Indexed {images.summary()} ({images.elapsed_ms / 1000:.1f} s)")
+    failed = {**report.failed, **(images.failed if images is not None else {})}
+    for path, reason in failed.items():
         print(f"  failed: {path}: {reason}", file=sys.stderr)
-    return EXIT_INPUT_ERROR if report.failed else 0
+    return EXIT_INPUT_ERROR if failed else 0
 
 
 def _ask(settings: Settings, arguments: argparse.Namespace) -> int:

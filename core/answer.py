@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,10 @@ from core.embeddings import TextEmbedder
 from core.retrieval import tokenize
 from core.settings import Settings
 from core.types import Answer, Citation, Evidence, OcrLine, RetrievedSection, Transcript
+
+if TYPE_CHECKING:
+    from core.image_index import ImageMatch
+    from core.vision import LabelScore
 
 ENGINE_NAME = "extractive"
 MAX_STEPS = 6
@@ -48,6 +53,11 @@ _HOW_TO = re.compile(r"\b(how (?:do|can|to|should)|fix|resolve|solve|steps?|what
 
 _FACT_QUESTION = re.compile(r"^\s*(who|why|when|where|which|how (?:many|much|soon|long|often|fast))\b", re.IGNORECASE)
 """Questions that ask for a fact, not for a procedure, even when they mention fixing something."""
+MAX_IMAGE_MATCHES_CITED = 2
+"""Knowledge-base images cited at most for the user's screenshot, all of the best match's kind."""
+_WHAT_IMAGE_SHOWS = re.compile(r"\bwhat(?:'s| is| does)? (?:is )?(?:shown|(?:in |on )?(?:this|the|my) "
+                               r"(?:image|picture|photo|screenshot)(?! mean))", re.IGNORECASE)
+"""Questions about what the image shows, which zero-shot labels help answer."""
 
 
 @dataclass
@@ -73,15 +83,29 @@ class ExtractiveAnswerEngine:
         self.settings = settings
 
     def answer(self, question: str, *, retrieved: list[RetrievedSection], ocr_lines: list[OcrLine],
-               transcript: Transcript | None = None, question_from_transcript: bool = False) -> Answer:
-        """Answer ``question`` from the retrieved sections, the screenshot lines and the transcript."""
+               transcript: Transcript | None = None, question_from_transcript: bool = False,
+               image_matches: list[ImageMatch] | None = None,
+               image_labels: list[tuple[str, LabelScore]] | None = None) -> Answer:
+        """Answer ``question`` from the retrieved sections, the screenshot lines and the transcript.
+
+        ``image_matches`` are knowledge-base images that match the user's screenshot; their
+        sections must be in ``retrieved``. A match makes the question covered. ``image_labels``
+        are (image id, zero-shot label) pairs, cited when the question asks what the image shows.
+        """
         citations = _CitationList()
         readable_lines = [line for line in ocr_lines if _is_readable(line)]
-        covered = self.is_covered(retrieved)
+        matched = _matched_sections(image_matches or [], retrieved)
+        covered = self.is_covered(retrieved) or bool(matched)
         parts: list[str] = []
 
         if question_from_transcript and transcript is not None and transcript.segments:
             parts.append(self._quote_transcript(transcript, citations))
+
+        if matched:
+            parts.append(_image_match_text(matched, citations))
+
+        if image_labels and _WHAT_IMAGE_SHOWS.search(question):
+            parts.append(_image_label_text(image_labels, citations))
 
         if not covered:
             parts.append(self._uncovered_text(readable_lines, citations))
@@ -383,6 +407,56 @@ def _section_evidence(hit: RetrievedSection) -> Evidence:
     return Evidence(kind="kb_section", id=section.id, source=section.doc_path, text=section.text,
                     score=float(hit.dense_similarity or 0.0), document_title=section.title,
                     heading=" › ".join(headings) or section.title)
+
+
+def _matched_sections(matches: list[ImageMatch],
+                      retrieved: list[RetrievedSection]) -> list[tuple[ImageMatch, RetrievedSection]]:
+    """Pair the best image matches with their retrieved sections: one per section, all of the best kind."""
+    by_id = {hit.section.id: hit for hit in retrieved}
+    paired: list[tuple[ImageMatch, RetrievedSection]] = []
+    for match in matches:
+        hit = by_id.get(match.section_id or "")
+        if hit is None or any(other.section.id == hit.section.id for _, other in paired):
+            continue
+        if paired and match.kind != paired[0][0].kind:
+            break
+        paired.append((match, hit))
+        if len(paired) == MAX_IMAGE_MATCHES_CITED:
+            break
+    return paired
+
+
+def _image_match_text(matched: list[tuple[ImageMatch, RetrievedSection]], citations: _CitationList) -> str:
+    """Write "Your screenshot matches the image in “<title › heading>” [n]" for the matched sections.
+
+    The curly quotes keep a title with a full stop in it ("Huh. This isn't …") one sentence.
+    """
+    places = []
+    for match, hit in matched:
+        evidence = _image_evidence(match, hit)
+        place = f"“{evidence.document_title} › {evidence.heading}”"
+        places.append(f"{place} {citations.cite(evidence, evidence.text)}")
+    return f"Your screenshot matches the image in {' and the image in '.join(places)}."
+
+
+def _image_evidence(match: ImageMatch, hit: RetrievedSection) -> Evidence:
+    section_evidence = _section_evidence(hit)
+    relation = {"near_duplicate": "looks the same as", "semantic": "looks like",
+                "ocr_text": "shows the same text as"}[match.kind]
+    return Evidence(kind="kb_image", id=f"{hit.section.id}@{match.image_path}", source=hit.section.doc_path,
+                    text=f"The screenshot {relation} the image {match.image_path} in this section.",
+                    score=match.score, document_title=section_evidence.document_title,
+                    heading=section_evidence.heading, image_path=match.image_path)
+
+
+def _image_label_text(labels: list[tuple[str, LabelScore]], citations: _CitationList) -> str:
+    """Write the zero-shot labels of the images with their probabilities, each cited."""
+    quoted = []
+    for index, (image_id, label) in enumerate(labels):
+        evidence = Evidence(kind="image_label", id=f"{image_id}#label{index + 1}", source=image_id,
+                            text=label.label, score=label.score)
+        quoted.append(f"{label.label} ({label.score:.0%}) {citations.cite(evidence, label.label)}")
+    return f"The vision model labels the image as: {'; '.join(quoted)}."
 
 
 def _segment_evidence(transcript: Transcript, segment) -> Evidence:

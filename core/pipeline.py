@@ -23,10 +23,12 @@ from pathlib import Path
 
 from core.answer import ExtractiveAnswerEngine
 from core.embeddings import TextEmbedder
+from core.image_index import ImageMatch, ReferenceImageIndex
 from core.knowledge_base import IndexReport, KnowledgeBase
 from core.retrieval import HybridRetriever
 from core.settings import Settings
-from core.types import Answer, ImageInput, OcrResult, SightlineError, Transcript
+from core.types import Answer, ImageInput, OcrResult, RetrievedSection, SightlineError, Transcript
+from core.vision import LabelScore, VisionEncoder, log_missing_vision_model
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,10 @@ class ImageInContext:
     ocr: OcrResult
     turn: int
     """Index of the turn that brought the image, from 0."""
+    matches: list[ImageMatch] = field(default_factory=list)
+    """Knowledge-base images that match this image, best first."""
+    labels: list[LabelScore] = field(default_factory=list)
+    """Zero-shot labels of the image, when a vision model is configured."""
 
 
 @dataclass
@@ -80,6 +86,9 @@ class Sightline:
         self.retriever = HybridRetriever(knowledge_base=self.knowledge_base, embedder=self.embedder,
                                          settings=self.settings)
         self.answer_engine = ExtractiveAnswerEngine(embedder=self.embedder, settings=self.settings)
+        self.vision = VisionEncoder(settings=self.settings)
+        self.image_index = ReferenceImageIndex(settings=self.settings, knowledge_base=self.knowledge_base,
+                                               encoder=self.vision, ocr=lambda image: self._read_image(image).text)
         self._ocr_stage = None
         self._speech_stage = None
         self._ocr_cache: OrderedDict[str, OcrResult] = OrderedDict()
@@ -106,12 +115,20 @@ class Sightline:
         """Load the text embedding model and open the knowledge base; load Whisper too if ``speech``."""
         self.embedder.warm_up()
         self.knowledge_base.sections()
+        log_missing_vision_model(self.settings)
+        self.image_index.warm_up()
         if speech:
             self.speech_stage.warm_up()
 
     def index(self, kb_dir: Path | None = None, *, progress: bool = False) -> IndexReport:
-        """Index the knowledge-base folder incrementally (see KnowledgeBase.index)."""
-        return self.knowledge_base.index(kb_dir, progress=progress)
+        """Index the knowledge-base folder and its reference images incrementally.
+
+        The reference image report is in ``report.images`` (see ReferenceImageIndex.index).
+        NOTE: reference images are always read from ``settings.kb_dir``, even when ``kb_dir`` differs.
+        """
+        report = self.knowledge_base.index(kb_dir, progress=progress)
+        report.images = self.image_index.index(progress=progress)
+        return report
 
     def ask(self, question: str, *, conversation: Conversation | None = None,
             image_paths: list[Path] | tuple[Path, ...] = (), audio_path: Path | None = None) -> Answer:
@@ -152,6 +169,15 @@ class Sightline:
             for image in new_images:
                 conversation.images.append(ImageInContext(image=image, ocr=self._read_image(image), turn=turn_index))
 
+        new_items = conversation.images[len(conversation.images) - len(new_images):] if new_images else []
+        with _timed(timings, "image_match"):
+            for item in new_items:
+                item.matches = self.image_index.query(item.image, ocr_text=item.ocr.text)
+        if self.vision.configured and new_items:
+            with _timed(timings, "image_labels"):
+                for item in new_items:
+                    item.labels = self.vision.zero_shot(item.image)
+
         transcript = None
         question_from_transcript = False
         if audio_path is not None:
@@ -178,11 +204,16 @@ class Sightline:
 
         with _timed(timings, "retrieval"):
             retrieved = self.retriever.search(question, context=context)
+        image_matches = sorted((match for item in active for match in item.matches),
+                               key=lambda match: (match.kind != "near_duplicate", -match.score))
+        retrieved = self._put_matched_sections_first(retrieved, image_matches)
+        image_labels = [(item.image.id, label) for item in active for label in item.labels]
 
         with _timed(timings, "answer"):
             answer = self.answer_engine.answer(question, retrieved=retrieved, ocr_lines=ocr_lines,
                                                transcript=transcript if transcript and transcript.segments else None,
-                                               question_from_transcript=question_from_transcript)
+                                               question_from_transcript=question_from_transcript,
+                                               image_matches=image_matches, image_labels=image_labels)
 
         timings["total"] = (time.perf_counter() - started) * 1000
         answer.timings_ms = timings
@@ -244,6 +275,28 @@ class Sightline:
                        turn=len(conversation.turns) - 1, inputs=inputs)
         except (sqlite3.Error, OSError, SightlineError) as error:
             logger.error("Could not write the audit record for conversation=%s: %s", conversation.id, error)
+
+    def _put_matched_sections_first(self, retrieved: list[RetrievedSection],
+                                    matches: list[ImageMatch]) -> list[RetrievedSection]:
+        """Move the sections behind image matches to the top of the retrieved list, in match order.
+
+        A matched section that retrieval did not find joins with the match score as its score.
+        """
+        by_id = {hit.section.id: hit for hit in retrieved}
+        first: list[RetrievedSection] = []
+        for match in matches:
+            if match.section_id is None or any(hit.section.id == match.section_id for hit in first):
+                continue
+            hit = by_id.get(match.section_id)
+            if hit is None:
+                try:
+                    hit = RetrievedSection(section=self.knowledge_base.get_section(match.section_id), score=match.score)
+                except KeyError:
+                    logger.warning("Image match %s names section %s, which is no longer indexed; skipping it.",
+                                   match.image_path, match.section_id)
+                    continue
+            first.append(hit)
+        return first + [hit for hit in retrieved if hit not in first]
 
     def _load_image(self, path: Path) -> ImageInput:
         from core.intake import load_image
