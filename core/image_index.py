@@ -53,7 +53,7 @@ MatchKind = Literal["near_duplicate", "semantic", "ocr_text"]
 
 IMAGES_COLLECTION = "images"
 DATABASE_NAME = "reference_images.sqlite3"
-HASH_VERSION = "phash16-views36-v1"
+HASH_VERSION = "phash16-views36-v2"
 """Changes whenever the hashing below changes, so stored hashes are recomputed."""
 HASH_SIZE = 16
 """pHash side: 16 x 16 DCT coefficients give 256 bits."""
@@ -159,6 +159,14 @@ def hash_query(image: Image.Image) -> np.ndarray:
 
 
 def _shrunk_grey(image: Image.Image) -> Image.Image:
+    """Convert to greyscale with the longest side at most HASH_INPUT_MAX_SIDE_PX.
+
+    A box reduction by an integer factor comes first, because Lanczos on a full
+    2336 x 1286 screenshot takes tens of milliseconds.
+    """
+    factor = max(image.size) // (2 * HASH_INPUT_MAX_SIDE_PX)
+    if factor >= 2:
+        image = image.reduce(factor)
     grey = image.convert("L")
     scale = HASH_INPUT_MAX_SIDE_PX / max(grey.size)
     if scale < 1:
