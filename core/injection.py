@@ -30,11 +30,28 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.types import Citation, Evidence, OcrResult, Section, Transcript
+import numpy as np
+from PIL import Image
+
+from core.types import Box, Citation, Evidence, OcrResult, Section, Transcript
 
 QUOTE_MAX_CHARS = 160
 """Characters of the flagged text quoted in a warning at most."""
 NONCE_HEX_DIGITS = 12
+
+HIDDEN_MIN_CONTRAST = 2
+HIDDEN_MAX_CONTRAST = 40
+"""Grey levels (0-255) from the background colour between which a pixel counts as faint ink."""
+HIDDEN_MAX_AREA_SHARE = 0.25
+"""Faint ink spread over more of the image than this is taken for UI shading, not hidden text."""
+HIDDEN_MIN_BACKGROUND_SHARE = 0.3
+"""The hidden-text scan runs only on images whose most common grey level covers this share, like screenshots."""
+HIDDEN_MIN_INK_PX = 30
+"""Ink pixels outside the lines OCR read, below which no hidden text is looked for."""
+HIDDEN_BOX_PADDING_PX = 4
+HIDDEN_UPSCALE = 3
+"""Enlargement of the revealed ink before OCR, so that text a few pixels high becomes readable."""
+HIDDEN_MAX_SIDE_PX = 4000
 
 _LOOKALIKES = str.maketrans({"0": "o", "1": "l", "|": "l", "!": "l", "3": "e", "4": "a", "5": "s", "7": "t",
                              "@": "a", "$": "s", "i": "l", "İ": "l", "ı": "l"})
@@ -160,12 +177,14 @@ def find_injections(texts: Sequence[tuple[str, str]]) -> list[InjectionFinding]:
 
 
 def label_evidence_texts(*, screenshots: Sequence[tuple[str, OcrResult]] = (), transcript: Transcript | None = None,
-                         sections: Sequence[Section] = ()) -> list[tuple[str, str]]:
+                         sections: Sequence[Section] = (),
+                         hidden: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
     """Return (source label, text) pairs of every untrusted text in play, for ``find_injections``.
 
     ``screenshots`` are (file name, OCR result) pairs. Each screenshot line and voice-note
     segment is one text, and each pair of neighbours is one more, labelled with both, so an
-    instruction that OCR or Whisper splits across two lines is found too.
+    instruction that OCR or Whisper splits across two lines is found too. ``hidden`` are
+    (file name, text) pairs that the hidden-text scan read (see ``reveal_hidden_ink``).
     """
     labelled: list[tuple[str, str]] = []
     for name, result in screenshots:
@@ -181,6 +200,8 @@ def label_evidence_texts(*, screenshots: Sequence[tuple[str, OcrResult]] = (), t
         for index in range(len(segments) - 1):
             labelled.append((f"voice note {transcript.source} at {spans[index]}–{ends[index + 1]} s",
                              f"{segments[index][1]} {segments[index + 1][1]}"))
+    for name, text in hidden:
+        labelled.append((f"screenshot {name}, text too faint or too small to see", text))
     for section in sections:
         labelled.append((f"document {section.doc_path} › {section.heading}", section.text))
     return labelled
@@ -211,10 +232,11 @@ def _quote_around_match(text: str, folded: str) -> str:
     """Return the line of ``text`` where the first pattern matches, or the whole text if none is found."""
     if len(folded) != len(text):
         return text
-    starts = [match.start() for _, pattern in _COMPILED for match in [pattern.search(folded)] if match]
+    # A match's last character is on the flagged line, while its first may be the end of the line before.
+    starts = [match.end() - 1 for _, pattern in _COMPILED for match in [pattern.search(folded)] if match]
     chat = _CHAT_TOKEN.search(text)
     if chat:
-        starts.append(chat.start())
+        starts.append(chat.end() - 1)
     if not starts:
         return text
     first = min(starts)
@@ -228,6 +250,46 @@ def _shorten(text: str) -> str:
     if len(collapsed) <= QUOTE_MAX_CHARS:
         return collapsed
     return collapsed[: QUOTE_MAX_CHARS - 1].rsplit(" ", 1)[0] + "…"
+
+
+# Text that a person cannot see but a model might.
+
+
+def reveal_hidden_ink(image: Image.Image, read_boxes: list[Box]) -> Image.Image | None:
+    """Return faint ink that OCR did not read as black on white and enlarged, or None when there is none.
+
+    Faint text (white on white, light grey on white) escapes OCR and the user's eye,
+    but a vision model may still read it. Every pixel outside the boxes OCR read that
+    differs from the background colour by HIDDEN_MIN_CONTRAST to HIDDEN_MAX_CONTRAST
+    grey levels becomes black, so a second OCR pass can read it.
+
+    NOTE: tiny text at normal contrast is not revealed, and only images with a flat
+    background (screenshots) are scanned, because in a photo noise differs from
+    every background colour.
+    """
+    grey = np.asarray(image.convert("L"), dtype=np.int16)
+    counts = np.bincount(grey.ravel(), minlength=256)
+    background = int(counts.argmax())
+    if counts[background] < HIDDEN_MIN_BACKGROUND_SHARE * grey.size:
+        return None
+
+    difference = np.abs(grey - background)
+    ink = (difference >= HIDDEN_MIN_CONTRAST) & (difference <= HIDDEN_MAX_CONTRAST)
+    for box in read_boxes:
+        top = max(box.top - HIDDEN_BOX_PADDING_PX, 0)
+        left = max(box.left - HIDDEN_BOX_PADDING_PX, 0)
+        ink[top: box.top + box.height + HIDDEN_BOX_PADDING_PX, left: box.left + box.width + HIDDEN_BOX_PADDING_PX] = False
+    if int(ink.sum()) < HIDDEN_MIN_INK_PX:
+        return None
+
+    rows, columns = np.nonzero(ink)
+    top, bottom = max(rows.min() - 10, 0), min(rows.max() + 11, ink.shape[0])
+    left, right = max(columns.min() - 10, 0), min(columns.max() + 11, ink.shape[1])
+    if (bottom - top) * (right - left) > HIDDEN_MAX_AREA_SHARE * ink.size:
+        return None
+    revealed = Image.fromarray(np.where(ink[top:bottom, left:right], 0, 255).astype(np.uint8))
+    scale = max(1, min(HIDDEN_UPSCALE, HIDDEN_MAX_SIDE_PX // max(revealed.size)))
+    return revealed.resize((revealed.width * scale, revealed.height * scale), Image.Resampling.LANCZOS)
 
 
 # Prompts for model engines.

@@ -24,10 +24,12 @@ from pathlib import Path
 from core.answer import ExtractiveAnswerEngine
 from core.embeddings import TextEmbedder
 from core.image_index import ImageMatch, ReferenceImageIndex
+from core.injection import find_injections, label_evidence_texts, reveal_hidden_ink, unique_findings
 from core.knowledge_base import IndexReport, KnowledgeBase
 from core.retrieval import HybridRetriever
 from core.settings import Settings
 from core.types import Answer, ImageInput, OcrResult, RetrievedSection, SightlineError, Transcript
+from core.verify import CitationVerifier
 from core.vision import LabelScore, VisionEncoder, log_missing_vision_model
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,9 @@ class ImageInContext:
     """Knowledge-base images that match this image, best first."""
     labels: list[LabelScore] = field(default_factory=list)
     """Zero-shot labels of the image, when a vision model is configured."""
+    hidden_text: str = ""
+    """Text too faint for the first OCR pass, found by the hidden-text scan. It is never evidence."""
+
 
 
 @dataclass
@@ -86,6 +91,7 @@ class Sightline:
         self.retriever = HybridRetriever(knowledge_base=self.knowledge_base, embedder=self.embedder,
                                          settings=self.settings)
         self.answer_engine = ExtractiveAnswerEngine(embedder=self.embedder, settings=self.settings)
+        self.verifier = CitationVerifier(embedder=self.embedder, settings=self.settings)
         self.vision = VisionEncoder(settings=self.settings)
         self.image_index = ReferenceImageIndex(settings=self.settings, knowledge_base=self.knowledge_base,
                                                encoder=self.vision, ocr=lambda image: self._read_image(image).text)
@@ -169,6 +175,10 @@ class Sightline:
             for image in new_images:
                 conversation.images.append(ImageInContext(image=image, ocr=self._read_image(image), turn=turn_index))
 
+        with _timed(timings, "hidden_text_scan"):
+            for item in conversation.images[len(conversation.images) - len(new_images):] if new_images else []:
+                item.hidden_text = self._read_hidden_text(item)
+
         new_items = conversation.images[len(conversation.images) - len(new_images):] if new_images else []
         with _timed(timings, "image_match"):
             for item in new_items:
@@ -215,13 +225,26 @@ class Sightline:
                                                question_from_transcript=question_from_transcript,
                                                image_matches=image_matches, image_labels=image_labels)
 
+        # Every answer is checked before it is shown. A model engine checks its own
+        # answer (it must, to decide whether to fall back), so that check is not repeated.
+        with _timed(timings, "verify"):
+            if answer.grounding is None:
+                self.verifier.verify_answer(answer, question=question)
+
+        with _timed(timings, "injection_scan"):
+            findings = find_injections(label_evidence_texts(
+                screenshots=[(item.image.source, item.ocr) for item in active],
+                transcript=transcript, sections=[hit.section for hit in retrieved],
+                hidden=[(item.image.source, item.hidden_text) for item in active if item.hidden_text]))
+        warnings.extend(finding.warning() for finding in unique_findings(findings))
+
         timings["total"] = (time.perf_counter() - started) * 1000
         answer.timings_ms = timings
         answer.warnings = warnings + answer.warnings
         answer.ocr = [item.ocr for item in active]
         answer.transcript = transcript
         answer.retrieved = retrieved
-        answer.context = _describe_context(conversation, active, retrieved)
+        answer.context = _describe_context(conversation, active, retrieved, transcript=transcript)
         conversation.turns.append(Turn(question=question, answer=answer))
 
         logger.info(
@@ -319,6 +342,15 @@ class Sightline:
                 self._ocr_cache.popitem(last=False)
         return result
 
+    def _read_hidden_text(self, item: ImageInContext) -> str:
+        """Read faint text that the first OCR pass missed, to warn about instructions hidden in it."""
+        revealed = reveal_hidden_ink(item.image.image, [line.box for line in item.ocr.lines])
+        if revealed is None:
+            return ""
+        hidden = ImageInput(id=f"{item.image.id}#hidden", image=revealed.convert("RGB"), source=item.image.source,
+                            format="PNG", size_bytes=0)
+        return self.ocr_stage.run(hidden).text
+
     def _transcribe(self, path: Path, timings: dict[str, float]) -> Transcript:
         from core.audio import load_audio
 
@@ -338,9 +370,15 @@ def _timed(timings: dict[str, float], stage: str):
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - started) * 1000
 
 
-def _describe_context(conversation: Conversation, active: list[ImageInContext], retrieved) -> dict:
-    """List the media and sections in play for a turn, for the JSON output and the UI."""
+def _describe_context(conversation: Conversation, active: list[ImageInContext], retrieved, *,
+                      transcript: Transcript | None = None) -> dict:
+    """List the media and sections in play for a turn, for the JSON output and the UI.
+
+    A voice note is active only in the turn that brought it, ``transcript``.
+    """
     active_ids = {item.image.id for item in active}
+    transcript_turns = {turn.answer.transcript.audio_id: index for index, turn in enumerate(conversation.turns)
+                        if turn.answer.transcript is not None}
     return {
         "conversation_id": conversation.id,
         "turn": len(conversation.turns),
@@ -350,8 +388,15 @@ def _describe_context(conversation: Conversation, active: list[ImageInContext], 
             for item in conversation.images
         ],
         "transcripts": [
-            {"audio_id": transcript.audio_id, "source": transcript.source, "language": transcript.language}
-            for transcript in conversation.transcripts
+            {"audio_id": item.audio_id, "source": item.source, "language": item.language,
+             "from_turn": transcript_turns.get(item.audio_id, len(conversation.turns)),
+             "active": transcript is not None and item.audio_id == transcript.audio_id,
+             "duration_s": round(item.duration_s, 2)}
+            for item in conversation.transcripts
         ],
         "sections": [hit.section.id for hit in retrieved],
+        "section_places": [
+            {"id": hit.section.id, "document": hit.section.doc_path, "heading": hit.section.heading}
+            for hit in retrieved
+        ],
     }

@@ -109,8 +109,14 @@ class Settings:
     # Citation check (core/verify.py).
     citation_min_overlap: float = 0.5
     """Share of a sentence's content words that the cited evidence must contain for the citation to hold."""
-    citation_min_similarity: float = 0.55
+    citation_min_similarity: float = 0.5
     """Cosine similarity to the best evidence sentence that a citation must reach as well."""
+    citation_min_score: float = 0.6
+    """Mean of that overlap and that similarity that a citation must reach too, so one cannot make up for a weak other."""
+    grounding_relevance_floor: float = 0.1
+    """Cosine between the question and the best cited section sentence at which an answer's relevance is 0."""
+    grounding_relevance_full: float = 0.3
+    """Cosine at which relevance is 1. Relevance scales the grounding score (see core/verify.py)."""
 
     # Serving.
     host: str = "127.0.0.1"

@@ -7,8 +7,9 @@ and scores each sentence against the evidence of the citations it names:
   stemming) found in one evidence sentence or two adjacent ones;
 - similarity: the embedding cosine to the best of those evidence sentences.
 
-A sentence is supported when overlap reaches ``citation_min_overlap`` and
-similarity reaches ``citation_min_similarity``; its score is their mean. A
+A sentence's score is the mean of overlap and similarity. It is supported when
+overlap reaches ``citation_min_overlap``, similarity ``citation_min_similarity``
+and the score ``citation_min_score``. A
 verbatim quote of the evidence (compared without case, punctuation or line
 breaks) is supported with score 1 and needs no embedding. For text in curly
 quotes (``“…”``), only the quoted words are checked, because the words around
@@ -29,9 +30,16 @@ Rules, applied in this order:
    ENGINE_NOTICE_PREFIXES are kept unchecked.
 
 Citations that no marker names any more are dropped, and the rest are renumbered
-1, 2, 3 in order of first use. The answer's grounding score is the mean of the
-sentence scores weighted by content words, with removed sentences counted, and 0
-for an answer that says the knowledge base does not cover the question.
+1, 2, 3 in order of first use.
+
+The answer's grounding score is its support times its relevance, and 0 for an
+answer that says the knowledge base does not cover the question. Support is the
+mean of the sentence scores weighted by content words, with removed sentences
+counted. Relevance, computed only when the question is given, is the maximum
+embedding cosine between the question and the sentences that cite a knowledge-base
+section, scaled from ``grounding_relevance_floor`` (0) to ``grounding_relevance_full``
+(1). A verbatim quote is fully supported whatever it answers, so without relevance
+an answer that quotes the wrong page correctly would score 1.
 
 Example::
 
@@ -122,6 +130,10 @@ class VerifiedAnswer:
     citations: list[Citation]
     sentences: list[SentenceGrounding]
     grounding: float
+    support: float = 0.0
+    """Mean sentence score weighted by content words."""
+    relevance: float | None = None
+    """Scaled cosine between the question and the cited knowledge-base sentences; None without a question."""
 
     @property
     def changed(self) -> bool:
@@ -135,12 +147,18 @@ class CitationVerifier:
         self.embedder = embedder
         self.min_overlap = settings.citation_min_overlap
         self.min_similarity = settings.citation_min_similarity
+        self.min_score = settings.citation_min_score
+        self.relevance_floor = settings.grounding_relevance_floor
+        self.relevance_full = settings.grounding_relevance_full
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def verify_answer(self, answer: Answer) -> Answer:
-        """Check ``answer`` in place: rewrite its text and citations, set grounding and sentences, add warnings."""
-        verified = self.verify(answer.text, answer.citations)
+    def verify_answer(self, answer: Answer, *, question: str | None = None) -> Answer:
+        """Check ``answer`` in place: rewrite its text and citations, set grounding and sentences, add warnings.
+
+        Pass the ``question`` so that the grounding score counts relevance too (see the module docstring).
+        """
+        verified = self.verify(answer.text, answer.citations, question=question)
         answer.text = verified.text
         answer.citations = verified.citations
         answer.sentences = verified.sentences
@@ -157,10 +175,11 @@ class CitationVerifier:
                                    f"source {'were' if removed != 1 else 'was'} left out of this answer.")
         return answer
 
-    def verify(self, answer_text: str, citations: list[Citation]) -> VerifiedAnswer:
+    def verify(self, answer_text: str, citations: list[Citation], *, question: str | None = None) -> VerifiedAnswer:
         """Check every marker of ``answer_text`` against ``citations`` and return the repaired text and verdicts.
 
-        ``citations`` are not modified; the result holds renumbered copies.
+        ``citations`` are not modified; the result holds renumbered copies. With
+        ``question``, the grounding score includes relevance to it.
         """
         by_number = {citation.n: citation for citation in citations}
         pieces = _split_pieces(answer_text)
@@ -181,11 +200,32 @@ class CitationVerifier:
         if not any(sentence.supported for sentence in sentences) and checked:
             text = NO_SUPPORTED_TEXT
             renumbered = []
-        grounding = _answer_grounding(checked)
+        support = _answer_grounding(checked)
+        relevance = self._relevance(question, sentences, renumbered) if question else None
+        grounding = support * relevance if relevance is not None else support
 
-        logger.debug("Verified answer: sentences=%d statuses=%s grounding=%.3f", len(checked),
-                     [sentence.status for sentence in sentences], grounding)
-        return VerifiedAnswer(text=text, citations=renumbered, sentences=sentences, grounding=grounding)
+        logger.debug("Verified answer: sentences=%d statuses=%s support=%.3f relevance=%s", len(checked),
+                     [sentence.status for sentence in sentences], support, relevance)
+        return VerifiedAnswer(text=text, citations=renumbered, sentences=sentences, grounding=grounding,
+                              support=support, relevance=relevance)
+
+    def _relevance(self, question: str, sentences: list[SentenceGrounding], citations: list[Citation]) -> float:
+        """Return how closely the supported sentences address the question, from 0 to 1.
+
+        Sentences that cite a knowledge-base section count, or every supported sentence when none does.
+        """
+        kinds = {citation.n: citation.evidence.kind for citation in citations}
+        supported = [sentence.text for sentence in sentences if sentence.supported]
+        from_sections = [sentence.text for sentence in sentences if sentence.supported
+                         and any(kinds.get(number) == "kb_section" for number in sentence.citations)]
+        texts = from_sections or supported
+        if not texts:
+            return 0.0
+
+        vectors = self._embed([question, *texts])
+        cosine = max(float(vectors[text] @ vectors[question]) for text in texts)
+        span = max(self.relevance_full - self.relevance_floor, 1e-6)
+        return min(max((cosine - self.relevance_floor) / span, 0.0), 1.0)
 
     def _score_all(self, pieces: list[_Piece], by_number: dict[int, Citation]) -> dict[int, dict[int, _Support]]:
         """Score each piece against its own markers first, and against the other citations only if those fail.
@@ -281,7 +321,8 @@ class CitationVerifier:
         return SentenceGrounding(display, [], best_any.score if best_any else 0.0, False, "removed")
 
     def _passes(self, support: _Support) -> bool:
-        return support.overlap >= self.min_overlap and support.similarity >= self.min_similarity
+        return (support.overlap >= self.min_overlap and support.similarity >= self.min_similarity
+                and support.score >= self.min_score)
 
     def _embed(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Embed texts, reusing cached vectors, and return them by text."""
