@@ -146,6 +146,10 @@ def _ask(settings: Settings, arguments: argparse.Namespace) -> int:
         print("\nSources:")
         for citation in answer.citations:
             print(f"  [{citation.n}] {_describe_citation(citation)}")
+    if answer.grounding is not None:
+        unsupported = sum(not sentence.supported for sentence in answer.sentences)
+        print(f"\nGrounding: {answer.grounding:.2f} ({len(answer.sentences)} sentences checked, "
+              f"{unsupported} unsupported)")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -25,6 +25,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import atexit
 import html
 import logging
+import re
 import shutil
 import string
 import tempfile
@@ -35,12 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image, ImageDraw
 
 from core.access import BUSY_MESSAGE, RateLimiter, check_bind, verify_password
 from core.media_store import MediaStore
 from core.pipeline import Conversation, ImageInContext, Sightline
 from core.settings import Settings
 from core.types import Answer, Citation, SightlineError
+from core.verify import UNSUPPORTED_MARK
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ TIMING_STAGES = (
     ("speech", "speech"),
     ("retrieval", "retrieval"),
     ("answer", "answer"),
+    ("verify", "citation check"),
     ("total", "total"),
 )
 """Keys of ``Answer.timings_ms`` in pipeline order, with the name shown for each."""
@@ -77,7 +81,15 @@ CACHE_MAX_AGE_S = 24 * 3600
 CSS = """
 #sl-vision-note { border-left: 4px solid var(--color-accent); padding-left: 0.75em; }
 #sl-context { font-size: var(--text-sm); }
+#sl-evidence mark { background: #ffe58a; color: inherit; }
+#sl-evidence .sl-evidence-text { white-space: pre-wrap; max-height: 22em; overflow-y: auto; }
 """
+
+EVIDENCE_BOX_COLOR = (230, 40, 40)
+EVIDENCE_BOX_WIDTH_PX = 4
+EVIDENCE_IMAGE_HEIGHT_PX = 480
+"""Height of each image in the side-by-side view of a reference image match."""
+NO_EVIDENCE_TEXT = "Click a source of the last answer to see its evidence."
 
 
 @dataclass
@@ -186,16 +198,37 @@ def describe_context(context: dict[str, Any]) -> str:
 
 def format_answer(answer: Answer) -> str:
     """Render an answer as Markdown: the text, the numbered sources, the context, latency and warnings."""
-    blocks = [escape_markdown(answer.text)]
+    blocks = [render_answer_text(answer.text)]
 
     if answer.citations:
         sources = [f"\\[{citation.n}\\] {describe_citation(citation)}" for citation in answer.citations]
         blocks.append("**Sources**\n" + "\n".join(sources))
 
-    details = [describe_context(answer.context), describe_timings(answer.timings_ms)]
+    details = [describe_grounding(answer), describe_context(answer.context), describe_timings(answer.timings_ms)]
     details.extend(f"Warning: {escape_markdown(warning)}" for warning in answer.warnings)
     blocks.append("\n".join(details))
     return "\n\n".join(blocks)
+
+
+def render_answer_text(text: str) -> str:
+    """Escape the answer text and show each unsupported mark in bold, so a reader cannot miss it."""
+    parts = text.split(UNSUPPORTED_MARK)
+    marked = f"**{escape_markdown(UNSUPPORTED_MARK)}**"
+    return marked.join(escape_markdown(part) for part in parts)
+
+
+def describe_grounding(answer: Answer) -> str:
+    """Render the grounding badge: the answer's score and how many sentences failed the citation check."""
+    if answer.grounding is None:
+        return "Grounding: not checked"
+    unsupported = sum(sentence.status == "unsupported" for sentence in answer.sentences)
+    removed = sum(sentence.status == "removed" for sentence in answer.sentences)
+    badge = f"**Grounding {answer.grounding:.2f}**"
+    if unsupported:
+        badge += f" · {unsupported} unsupported sentence{'s' if unsupported != 1 else ''} marked"
+    if removed:
+        badge += f" · {removed} uncited sentence{'s' if removed != 1 else ''} removed"
+    return badge
 
 
 def format_pending_question(submission: Submission) -> str:
@@ -273,7 +306,168 @@ def describe_conversation(conversation: Conversation) -> str:
         for item in active
     ]
     lines.append("Follow-up questions without a new image ask about it.")
+    lines.extend(_describe_turn_media(conversation))
     return "\n\n".join(lines)
+
+
+def _describe_turn_media(conversation: Conversation) -> list[str]:
+    """List every image and voice note of the conversation with its question number and whether it is in use.
+
+    The sections of the last answer are listed too, so a reader sees all the context of the latest turn.
+    """
+    active_ids = {item.image.id for item in conversation.active_images()}
+    lines = []
+    if conversation.images:
+        images = ", ".join(
+            f"{escape_markdown(item.image.source)} (question {item.turn + 1}, "
+            f"{'in use' if item.image.id in active_ids else 'not in use'})"
+            for item in conversation.images
+        )
+        lines.append(f"All images: {images}")
+    last = conversation.turns[-1].answer if conversation.turns else None
+    voice_notes = last.context.get("transcripts", []) if last is not None else []
+    if voice_notes:
+        notes = ", ".join(
+            f"{escape_markdown(note['source'])} (question {note.get('from_turn', 0) + 1}, "
+            f"{'in use' if note.get('active') else 'not in use'})"
+            for note in voice_notes
+        )
+        lines.append(f"Voice notes: {notes}")
+    places = last.context.get("section_places", []) if last is not None else []
+    if places:
+        sections = ", ".join(escape_markdown(place["heading"] or place["document"]) for place in places)
+        lines.append(f"Sections in play for question {len(conversation.turns)}: {sections}")
+    return lines
+
+
+# The evidence panel: a click on a source shows the evidence behind it.
+
+
+def citation_choices(answer: Answer | None) -> list[tuple[str, str]]:
+    """Return one (label, value) radio choice per citation of ``answer``; the value is the citation number."""
+    if answer is None:
+        return []
+    return [(f"[{citation.n}] {_plain_place(citation)}", str(citation.n)) for citation in answer.citations]
+
+
+def _plain_place(citation: Citation) -> str:
+    evidence = citation.evidence
+    if evidence.kind == "ocr_line":
+        return f"Screenshot line: {shorten(citation.text, max_chars=BOX_LABEL_MAX_CHARS)}"
+    if evidence.kind == "transcript":
+        return f"Voice note {(evidence.start_s or 0.0):.1f}–{(evidence.end_s or evidence.start_s or 0.0):.1f} s"
+    if evidence.kind == "kb_image":
+        return f"Reference image: {evidence.image_path or evidence.source}"
+    if evidence.kind == "kb_section":
+        return _document_place(evidence.document_title, evidence.heading)
+    return f"{evidence.kind}: {shorten(citation.text, max_chars=BOX_LABEL_MAX_CHARS)}"
+
+
+def render_evidence(citation: Citation, answer: Answer, conversation: Conversation,
+                    kb_dir: Path) -> tuple[Image.Image | None, str]:
+    """Return the image and the HTML that show the evidence behind one citation.
+
+    A screenshot line gets its image with only that line's box drawn, a section its
+    text with the cited sentences marked, a voice-note segment its time span and text,
+    and a reference image the user's image beside the matched one. Every untrusted
+    text is HTML-escaped.
+    """
+    evidence = citation.evidence
+    title = f"<p><strong>[{citation.n}]</strong> "
+    if evidence.kind == "ocr_line":
+        item = _image_by_id(conversation, evidence.source)
+        image = _draw_box(item.image.image, evidence.box) if item is not None and evidence.box is not None else None
+        where = html.escape(item.image.source) if item is not None else "an image no longer in the conversation"
+        return image, (f"{title}Screenshot line {html.escape(evidence.id.rsplit('#', 1)[-1])} of {where}:</p>"
+                       f"<blockquote>{html.escape(evidence.text)}</blockquote>")
+
+    if evidence.kind == "transcript":
+        start_s = evidence.start_s or 0.0
+        end_s = evidence.end_s if evidence.end_s is not None else start_s
+        return None, (f"{title}Voice note {html.escape(evidence.source)}, {start_s:.1f}–{end_s:.1f} s:</p>"
+                      f"<blockquote>{html.escape(evidence.text)}</blockquote>")
+
+    if evidence.kind == "kb_image":
+        active = conversation.active_images()
+        reference = _open_reference_image(kb_dir, evidence.image_path)
+        image = _side_by_side(active[0].image.image if active else None, reference)
+        place = html.escape(_document_place(evidence.document_title, evidence.heading))
+        return image, (f"{title}Your screenshot (left) and the matched image "
+                       f"{html.escape(evidence.image_path or '')} in <em>{place}</em> "
+                       f"({html.escape(evidence.source)}) on the right.</p>")
+
+    if evidence.kind == "kb_section":
+        cited = [sentence.evidence_text for sentence in answer.sentences
+                 if citation.n in sentence.citations and sentence.evidence_text]
+        place = html.escape(_document_place(evidence.document_title, evidence.heading))
+        return None, (f"{title}<em>{place}</em> in {html.escape(evidence.source)}</p>"
+                      f"<div class='sl-evidence-text'>{highlight(evidence.text, cited)}</div>")
+
+    return None, f"{title}{html.escape(evidence.kind)}:</p><blockquote>{html.escape(citation.text)}</blockquote>"
+
+
+def highlight(text: str, passages: list[str]) -> str:
+    """Return ``text`` HTML-escaped, with each passage wrapped in <mark> where it occurs, line breaks allowed."""
+    spans = []
+    for passage in dict.fromkeys(passages):
+        words = passage.split()
+        if not words:
+            continue
+        pattern = re.compile(r"\s+".join(re.escape(word) for word in words))
+        spans.extend((match.start(), match.end()) for match in pattern.finditer(text))
+
+    parts, position = [], 0
+    for start, end in sorted(spans):
+        if start < position:
+            continue
+        parts.append(html.escape(text[position:start]))
+        parts.append(f"<mark>{html.escape(text[start:end])}</mark>")
+        position = end
+    parts.append(html.escape(text[position:]))
+    return "".join(parts)
+
+
+def _image_by_id(conversation: Conversation, image_id: str) -> ImageInContext | None:
+    return next((item for item in conversation.images if item.image.id == image_id), None)
+
+
+def _draw_box(image: Image.Image, box) -> Image.Image:
+    """Return a copy of ``image`` with one box outlined."""
+    copy = image.convert("RGB")
+    draw = ImageDraw.Draw(copy)
+    draw.rectangle((box.left - 2, box.top - 2, box.left + box.width + 2, box.top + box.height + 2),
+                   outline=EVIDENCE_BOX_COLOR, width=EVIDENCE_BOX_WIDTH_PX)
+    return copy
+
+
+def _open_reference_image(kb_dir: Path, image_path: str | None) -> Image.Image | None:
+    """Open a reference image by its path inside the knowledge base, or return None if it is missing or outside."""
+    if not image_path:
+        return None
+    root = kb_dir.resolve()
+    path = (root / image_path).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        logger.warning("Reference image %s not found in %s", image_path, root)
+        return None
+    with Image.open(path) as opened:
+        return opened.convert("RGB")
+
+
+def _side_by_side(left: Image.Image | None, right: Image.Image | None) -> Image.Image | None:
+    """Return both images scaled to one height and placed side by side, or the one that exists."""
+    images = [image for image in (left, right) if image is not None]
+    if not images:
+        return None
+    scaled = [image.resize((max(1, image.width * EVIDENCE_IMAGE_HEIGHT_PX // image.height), EVIDENCE_IMAGE_HEIGHT_PX))
+              for image in images]
+    gap_px = 16
+    canvas = Image.new("RGB", (sum(image.width for image in scaled) + gap_px * (len(scaled) - 1),
+                               EVIDENCE_IMAGE_HEIGHT_PX), "white")
+    offset = 0
+    for image in scaled:
+        canvas.paste(image.convert("RGB"), (offset, 0))
+        offset += image.width + gap_px
+    return canvas
 
 
 # Event handlers.
@@ -341,6 +535,27 @@ class ChatHandlers:
             {"role": "assistant", "content": format_answer(answer)},
         ]
         return self._outputs(session, textbox_value=None, answer=answer)
+
+    def list_citations(self, session: SessionState | None):
+        """Offer the citations of the last answer in the source picker and clear the evidence panel."""
+        conversation = session.conversation if session is not None else None
+        answer = conversation.turns[-1].answer if conversation is not None and conversation.turns else None
+        choices = citation_choices(answer)
+        return (gr.Radio(choices=choices, value=None, visible=bool(choices)),
+                gr.Image(value=None, visible=False), NO_EVIDENCE_TEXT if choices else "")
+
+    def show_evidence(self, choice: str | None, session: SessionState | None):
+        """Show the evidence behind the picked citation of the last answer."""
+        conversation = session.conversation if session is not None else None
+        if not choice or conversation is None or not conversation.turns:
+            return gr.Image(value=None, visible=False), NO_EVIDENCE_TEXT
+        answer = conversation.turns[-1].answer
+        citation = next((item for item in answer.citations if str(item.n) == str(choice)), None)
+        if citation is None:
+            logger.warning("Citation %s not found in the last answer of conversation=%s", choice, conversation.id)
+            return gr.Image(value=None, visible=False), NO_EVIDENCE_TEXT
+        image, text = render_evidence(citation, answer, conversation, self.engine.settings.kb_dir)
+        return gr.Image(value=image, visible=image is not None), text
 
     def reset(self, request: gr.Request):
         """Start a new conversation: forget the session's images, voice notes and chat, and delete their files."""
@@ -566,15 +781,26 @@ def build_app(engine: Sightline, *, settings: Settings) -> gr.Blocks:
                 screenshot = gr.AnnotatedImage(elem_id="sl-screenshot", label="Screenshot", format="png",
                                                visible=False)
                 context = gr.Markdown(EMPTY_CONTEXT_TEXT, elem_id="sl-context")
+                sources = gr.Radio(label="Sources of the last answer: pick one to see its evidence",
+                                   choices=[], elem_id="sl-sources", visible=False)
+                evidence_image = gr.Image(elem_id="sl-evidence-image", label="Evidence", format="png",
+                                          interactive=False, visible=False)
+                evidence_text = gr.HTML("", elem_id="sl-evidence")
 
         outputs = [chatbot, textbox, screenshot, context, session]
+        evidence_outputs = [sources, evidence_image, evidence_text]
         shown = textbox.submit(handlers.show_question, [textbox, session], [chatbot, textbox, session],
                                queue=False)
         answer_inputs = [session] if thorough is None else [session, thorough]
-        shown.then(handlers.answer_question, answer_inputs, outputs, concurrency_id="engine")
-        new_conversation.click(handlers.reset, None, outputs, queue=False)
-        chatbot.clear(handlers.reset, None, outputs, queue=False)
-        forget.click(handlers.forget_images, [session], outputs, queue=False)
+        answered = shown.then(handlers.answer_question, answer_inputs, outputs, concurrency_id="engine")
+        answered.then(handlers.list_citations, [session], evidence_outputs, queue=False)
+        new_conversation.click(handlers.reset, None, outputs, queue=False).then(
+            handlers.list_citations, [session], evidence_outputs, queue=False)
+        chatbot.clear(handlers.reset, None, outputs, queue=False).then(
+            handlers.list_citations, [session], evidence_outputs, queue=False)
+        forget.click(handlers.forget_images, [session], outputs, queue=False).then(
+            handlers.list_citations, [session], evidence_outputs, queue=False)
+        sources.change(handlers.show_evidence, [sources, session], [evidence_image, evidence_text], queue=False)
         app.unload(handlers.end_session)
 
     return app
