@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--audio", type=Path, help="voice note: WAV, FLAC, MP3, OGG/Opus, M4A or WebM")
     ask.add_argument("--json", action="store_true", help="print the answer, citations and timings as JSON")
     ask.add_argument("--no-index", action="store_true", help="skip the incremental re-index before answering")
+    ask.add_argument("--thorough", action="store_true",
+                     help="answer with the configured model (SIGHTLINE_LLM_BASE_URL) even when the extractive "
+                          "answer is confident; without a configured model this has no effect")
     _add_common_options(ask)
 
     audit = commands.add_parser("audit", help="list the recorded answers, or export them to a file")
@@ -129,10 +132,13 @@ def _ask(settings: Settings, arguments: argparse.Namespace) -> int:
     engine.warm_up()
     startup_ms = (time.perf_counter() - started) * 1000
 
-    answer = engine.ask(arguments.question, image_paths=arguments.image, audio_path=arguments.audio)
+    answer = engine.ask(arguments.question, image_paths=arguments.image, audio_path=arguments.audio,
+                        thorough=arguments.thorough)
     warnings = list(answer.warnings)
     if not settings.clip_model:
         warnings.append("No vision model is configured (SIGHTLINE_CLIP_MODEL), so images are read by OCR only.")
+    if arguments.thorough and not settings.llm_base_url:
+        warnings.append("--thorough had no effect because no model is configured (SIGHTLINE_LLM_BASE_URL).")
 
     if arguments.json:
         record = answer.to_json()

@@ -17,16 +17,19 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.answer import ExtractiveAnswerEngine
+from core.engines import AnswerRequest, ExtractiveEngineAdapter
 from core.embeddings import TextEmbedder
 from core.image_index import ImageMatch, ReferenceImageIndex
 from core.injection import find_injections, label_evidence_texts, reveal_hidden_ink, unique_findings
 from core.knowledge_base import IndexReport, KnowledgeBase
 from core.retrieval import HybridRetriever
+from core.routing import TieredAnswerRouter, build_llm_engine
 from core.settings import Settings
 from core.types import Answer, ImageInput, OcrResult, RetrievedSection, SightlineError, Transcript
 from core.verify import CitationVerifier
@@ -91,6 +94,9 @@ class Sightline:
         self.retriever = HybridRetriever(knowledge_base=self.knowledge_base, embedder=self.embedder,
                                          settings=self.settings)
         self.answer_engine = ExtractiveAnswerEngine(embedder=self.embedder, settings=self.settings)
+        self.router = TieredAnswerRouter(extractive=ExtractiveEngineAdapter(self.answer_engine),
+                                         llm=build_llm_engine(self.settings, embedder=self.embedder),
+                                         settings=self.settings)
         self.verifier = CitationVerifier(embedder=self.embedder, settings=self.settings)
         self.vision = VisionEncoder(settings=self.settings)
         self.image_index = ReferenceImageIndex(settings=self.settings, knowledge_base=self.knowledge_base,
@@ -137,8 +143,12 @@ class Sightline:
         return report
 
     def ask(self, question: str, *, conversation: Conversation | None = None,
-            image_paths: list[Path] | tuple[Path, ...] = (), audio_path: Path | None = None) -> Answer:
+            image_paths: list[Path] | tuple[Path, ...] = (), audio_path: Path | None = None,
+            thorough: bool = False, on_delta: Callable[[str], None] | None = None) -> Answer:
         """Answer a question about new media and the media already in the conversation.
+
+        With ``thorough`` the configured model answers even when the extractive answer
+        is confident (see core.routing); ``on_delta`` receives the model's reply as it streams.
 
         An empty question with a voice note takes the transcript as the question. Raises
         SightlineError (with a message for the user) when an input cannot be used, and then
@@ -149,7 +159,7 @@ class Sightline:
         images_before = len(conversation.images)
         transcripts_before = len(conversation.transcripts)
         try:
-            answer = self._ask(question, conversation, image_paths, audio_path)
+            answer = self._ask(question, conversation, image_paths, audio_path, thorough=thorough, on_delta=on_delta)
         except BaseException:
             # A failed turn leaves the conversation as it was, so a bad upload cannot replace
             # the screenshot that follow-up questions are about.
@@ -160,7 +170,8 @@ class Sightline:
         self._record_audit(answer, conversation)
         return answer
 
-    def _ask(self, question: str, conversation: Conversation, image_paths, audio_path: Path | None) -> Answer:
+    def _ask(self, question: str, conversation: Conversation, image_paths, audio_path: Path | None, *,
+             thorough: bool = False, on_delta: Callable[[str], None] | None = None) -> Answer:
         timings: dict[str, float] = {}
         warnings: list[str] = []
         started = time.perf_counter()
@@ -220,10 +231,12 @@ class Sightline:
         image_labels = [(item.image.id, label) for item in active for label in item.labels]
 
         with _timed(timings, "answer"):
-            answer = self.answer_engine.answer(question, retrieved=retrieved, ocr_lines=ocr_lines,
-                                               transcript=transcript if transcript and transcript.segments else None,
-                                               question_from_transcript=question_from_transcript,
-                                               image_matches=image_matches, image_labels=image_labels)
+            request = AnswerRequest(question=question, retrieved=retrieved, ocr_lines=ocr_lines,
+                                    transcript=transcript if transcript and transcript.segments else None,
+                                    question_from_transcript=question_from_transcript,
+                                    images=[item.image for item in active], image_matches=image_matches,
+                                    image_labels=image_labels, thorough=thorough)
+            answer = self.router.answer(request, on_delta=on_delta)
 
         # Every answer is checked before it is shown. A model engine checks its own
         # answer (it must, to decide whether to fall back), so that check is not repeated.
@@ -248,8 +261,8 @@ class Sightline:
         conversation.turns.append(Turn(question=question, answer=answer))
 
         logger.info(
-            "Answered conversation=%s turn=%d images=%s covered=%s citations=%d timings_ms=%s",
-            conversation.id, turn_index, [item.image.id for item in active], answer.covered,
+            "Answered conversation=%s turn=%d images=%s engine=%s covered=%s citations=%d timings_ms=%s",
+            conversation.id, turn_index, [item.image.id for item in active], answer.engine, answer.covered,
             len(answer.citations), {stage: round(ms) for stage, ms in timings.items()},
         )
         return answer
