@@ -38,6 +38,9 @@ from typing import Any
 import gradio as gr
 from PIL import Image, ImageDraw
 
+from starlette.middleware import Middleware
+
+from app.file_guard import FileGuard, FileGuardMiddleware, browser_of
 from core.access import BUSY_MESSAGE, RateLimiter, check_bind, verify_password
 from core.media_store import MediaStore
 from core.pipeline import Conversation, ImageInContext, Sightline
@@ -482,6 +485,7 @@ class ChatHandlers:
         self.image_dir = image_dir
         self.media_store = media_store
         self.rate_limiter = rate_limiter
+        self.file_guard = FileGuard(media_store=media_store) if media_store is not None else None
 
     def show_question(self, submitted: dict[str, Any] | None, session: SessionState | None):
         """Add the user's message to the chat at once and lock the input until the answer comes."""
@@ -514,6 +518,8 @@ class ChatHandlers:
         if self.rate_limiter is not None and not self.rate_limiter.allow(session_id or "anonymous"):
             return self._show_error(session, submission, SightlineError(BUSY_MESSAGE), session_id=session_id,
                                     images_accepted=True)
+        if self.file_guard is not None and session_id:
+            self.file_guard.bind_session(session_id, browser_of(request))
         adopted = self._adopt_uploads(session_id, submission)
 
         try:
@@ -803,6 +809,7 @@ def build_app(engine: Sightline, *, settings: Settings) -> gr.Blocks:
         sources.change(handlers.show_evidence, [sources, session], [evidence_image, evidence_text], queue=False)
         app.unload(handlers.end_session)
 
+    app.sightline_file_guard = handlers.file_guard
     return app
 
 
@@ -867,5 +874,6 @@ def serve(settings: Settings) -> None:
                ssr_mode=False, mcp_server=False, footer_links=["api", "settings"], css=CSS,
                quiet=True, auth=_make_auth(users) if users else None,
                auth_message="Log in to Sightline." if users else None,
-               blocked_paths=[str(settings.data_dir)])
+               blocked_paths=[str(settings.data_dir)],
+               app_kwargs={"middleware": [Middleware(FileGuardMiddleware, guard=app.sightline_file_guard)]})
     logger.info("Stopped Sightline UI host=%s port=%d", settings.host, settings.port)

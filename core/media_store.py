@@ -1,10 +1,10 @@
 """Private, short-lived storage of the media that users upload, per session.
 
 Each session gets a folder with 0700 permissions under the store's root. An upload
-is moved there from Gradio's upload cache as soon as it arrives, so no copy stays
-where Gradio serves it. The original upload (which may carry EXIF and GPS data) is
-deleted once intake has decoded it, and only the metadata-free PNG that intake's
-pixels make is kept for display. Every file of a session is deleted when the
+is moved there from Gradio's upload cache when the question that carries it is
+submitted, so Gradio no longer serves the original. The original (which may carry
+EXIF and GPS data) is deleted once intake has decoded it, and only the
+metadata-free PNG made from intake's pixels is kept for display. Every file of a session is deleted when the
 session ends, when the user forgets its image, or after ``retention_s`` seconds.
 
 Files that Gradio copies into its own cache to serve them are registered as derived
@@ -136,7 +136,23 @@ class MediaStore:
             image.image.save(path, format="PNG")
             os.chmod(path, PRIVATE_FILE_MODE)
         self.add_derived(session_id, image.id, path)
+        panel_copy = self._gradio_panel_copy(image)
+        if panel_copy is not None:
+            with self._lock:
+                self._sessions[session_id][image.id].derived.add(panel_copy)
         return path
+
+    def _gradio_panel_copy(self, image: ImageInput) -> Path | None:
+        """Return the cache folder where gr.AnnotatedImage(format="png") saves these pixels, or None without a cache.
+
+        Gradio 6.31 names it by a seeded SHA-256 of the PNG that
+        gradio.processing_utils.encode_pil_to_bytes makes.
+        """
+        if self.gradio_cache_dir is None:
+            return None
+        from gradio.processing_utils import encode_pil_to_bytes, hash_bytes
+
+        return self.gradio_cache_dir / hash_bytes(encode_pil_to_bytes(image.image, "png"))
 
     def add_derived(self, session_id: str, media_id: str, path: Path) -> None:
         """Record a file made from an upload, so forget and sweeps delete it with the upload.
@@ -154,7 +170,7 @@ class MediaStore:
             media.derived |= paths
 
     def gradio_cache_copy(self, path: Path) -> Path | None:
-        """Return the folder in Gradio's cache that holds Gradio's copy of ``path``, or None without a cache.
+        """Return the folder in Gradio's cache that contains Gradio's copy of ``path``, or None without a cache.
 
         Gradio names that folder by a seeded SHA-256 of the file's content
         (gradio.processing_utils.hash_file in Gradio 6.31).
@@ -164,6 +180,17 @@ class MediaStore:
         from gradio.processing_utils import hash_file
 
         return self.gradio_cache_dir / hash_file(path)
+
+    def owner_of(self, path: Path) -> str | None:
+        """Return the session whose upload or derived file contains ``path``, or None when no session registered it."""
+        path = Path(path)
+        with self._lock:
+            for session_id, session_media in self._sessions.items():
+                for media in session_media.values():
+                    for owned in media.derived | ({media.path} if media.path else set()):
+                        if path == owned or path.is_relative_to(owned):
+                            return session_id
+        return None
 
     def media_ids(self, session_id: str) -> list[str]:
         with self._lock:
