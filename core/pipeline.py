@@ -314,14 +314,17 @@ class Sightline:
 
     def _put_matched_sections_first(self, retrieved: list[RetrievedSection],
                                     matches: list[ImageMatch]) -> list[RetrievedSection]:
-        """Move the sections behind image matches to the top of the retrieved list, in match order.
+        """Add the sections behind image matches to the retrieved list, leading it with the best match's document.
 
-        A matched section that retrieval did not find joins with the match score as its score.
+        When retrieval already ranks the best match's document first, its order stays,
+        because the question picks the section of that document better than the image
+        does. Otherwise the matched sections move to the top, in match order. A matched
+        section that retrieval did not find joins with the match score as its score.
         """
         by_id = {hit.section.id: hit for hit in retrieved}
-        first: list[RetrievedSection] = []
+        matched: list[RetrievedSection] = []
         for match in matches:
-            if match.section_id is None or any(hit.section.id == match.section_id for hit in first):
+            if match.section_id is None or any(hit.section.id == match.section_id for hit in matched):
                 continue
             hit = by_id.get(match.section_id)
             if hit is None:
@@ -331,8 +334,13 @@ class Sightline:
                     logger.warning("Image match %s names section %s, which is no longer indexed; skipping it.",
                                    match.image_path, match.section_id)
                     continue
-            first.append(hit)
-        return first + [hit for hit in retrieved if hit not in first]
+            matched.append(hit)
+
+        if not matched:
+            return retrieved
+        if retrieved and retrieved[0].section.doc_path == matched[0].section.doc_path:
+            return retrieved + [hit for hit in matched if hit not in retrieved]
+        return matched + [hit for hit in retrieved if hit not in matched]
 
     def _load_image(self, path: Path) -> ImageInput:
         from core.intake import load_image

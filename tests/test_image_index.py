@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.image_index import NEAR_DUPLICATE_MAX_BITS, HashTable, hash_query, hash_views
+from core.image_index import NEAR_DUPLICATE_MAX_BITS, HashTable, ImageMatch, hash_query, hash_views
 from core.intake import load_image
 from core.knowledge_base import IndexReport
 from core.pipeline import Sightline
 from core.settings import PROJECT_ROOT, Settings
+from core.types import RetrievedSection
 
 EXPECTED_DOCUMENTS = {
     "GitHub-auth-denied-XL.png": "docs/deploy__community-cloud__get-started__connect-github.md",
@@ -160,13 +161,30 @@ def test_ask_cites_matching_section_first(engine, expected_sections, variant_fil
         assert "image_match" in answer.timings_ms
 
 
-def test_ask_puts_matched_section_first(engine, expected_sections, variant_files):
-    name = "app-state-zzzz.png"
+def test_ask_leads_with_matched_document(engine, expected_sections, variant_files):
+    name = "huh-this-isnt-supposed-to-happen.png"
 
-    answer = engine.ask("Why is my app asleep?", image_paths=[variant_files[name, "original"]])
+    answer = engine.ask("Why does it say this?", image_paths=[variant_files[name, "cropped_3"]])
 
-    assert answer.retrieved[0].section.id == expected_sections[name]
+    assert answer.retrieved[0].section.doc_path == EXPECTED_DOCUMENTS[name]
+    assert expected_sections[name] in [hit.section.id for hit in answer.retrieved]
     assert answer.covered
+
+
+def test_matched_section_joins_retrieved(engine, expected_sections):
+    target = engine.knowledge_base.get_section(expected_sections["app-state-zzzz.png"])
+    sections = engine.knowledge_base.sections()
+    other_document = next(section for section in sections if section.doc_path == "docs/kb__dependencies__libgl.md")
+    same_document = next(section for section in sections
+                         if section.doc_path == target.doc_path and section.id != target.id)
+    match = ImageMatch(kind="near_duplicate", score=0.99, image_path="images/app-state-zzzz.png",
+                       content_id="sha256:0000000000000000", section_id=target.id, doc_path=target.doc_path)
+
+    led = engine._put_matched_sections_first([RetrievedSection(section=other_document, score=0.5)], [match])
+    kept = engine._put_matched_sections_first([RetrievedSection(section=same_document, score=0.5)], [match])
+
+    assert [hit.section.id for hit in led] == [target.id, other_document.id]
+    assert [hit.section.id for hit in kept] == [same_document.id, target.id]
 
 
 def test_ocr_text_matches_without_pixels(engine, expected_sections, tmp_path):
