@@ -21,7 +21,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 
 from bench.common import describe_load, describe_machine, describe_revision  # noqa: E402
 
-SCRIPTS = ("bench_ocr.py", "bench_speech.py", "bench_pipeline.py")
+SCRIPTS = ("bench_ocr.py", "bench_speech.py", "bench_pipeline.py", "bench_image_index.py")
 
 
 def run_script(name: str) -> bool:
