@@ -2,7 +2,7 @@
 
 Gradio 6.31 serves every file in its upload cache to anyone who has the URL. This
 middleware gives each browser a random, HttpOnly cookie, records which browser
-uploaded each file (from the response of ``/gradio_api/upload``), and answers 404 to
+uploaded each file (from the response of ``/gradio_api/upload``), and returns 404 for
 a request for a registered file from any other browser. Files that Sightline makes
 from an upload are registered through the media store (``MediaStore.owner_of``).
 
@@ -30,11 +30,11 @@ COOKIE_NAME = "sightline_browser"
 UPLOAD_PATHS = ("/gradio_api/upload",)
 FILE_PREFIXES = ("/gradio_api/file=", "/file=")
 MAX_UPLOAD_RESPONSE_BYTES = 1024 * 1024
-"""The upload route answers with a JSON list of paths; a larger body is passed on unread."""
+"""The upload route returns a JSON list of paths. A larger response body is passed on unread."""
 
 
 class FileGuard:
-    """Which browser owns which uploaded file, thread-safe."""
+    """Registry of the browser that owns each uploaded file, thread-safe."""
 
     def __init__(self, *, media_store: MediaStore) -> None:
         self.media_store = media_store
