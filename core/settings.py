@@ -174,6 +174,8 @@ class Settings:
         record = {name: value for name, value in dataclasses.asdict(self).items()}
         if record.get("llm_api_key"):
             record["llm_api_key"] = "***"
+        if record.get("auth_users"):
+            record["auth_users"] = ",".join(entry.split(":", 1)[0] + ":***" for entry in record["auth_users"].split(","))
         return {name: str(value) if isinstance(value, Path) else value for name, value in record.items()}
 
 
