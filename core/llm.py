@@ -201,7 +201,7 @@ class OpenAICompatibleEngine:
         raw_text, response_tokens = "", 0
         try:
             raw_text, response_tokens = self._stream(plan.messages, on_delta)
-            answer, rejection = self._check(raw_text, plan)
+            answer, rejection = self._check(raw_text, plan, question=request.question)
             if rejection is not None:
                 outcome = f"rejected: {rejection}"
         except LlmError as error:
@@ -346,7 +346,7 @@ class OpenAICompatibleEngine:
         # llama.cpp servers send one token per chunk, so the chunk count is used when usage is missing.
         return text, usage_tokens if usage_tokens is not None else chunks
 
-    def _check(self, raw_text: str, plan: PromptPlan) -> tuple[Answer, str | None]:
+    def _check(self, raw_text: str, plan: PromptPlan, *, question: str) -> tuple[Answer, str | None]:
         """Check the reply's citations; return the checked answer and why it must not be shown, or None.
 
         With a verifier, every evidence item in the prompt is offered as citation
@@ -360,7 +360,7 @@ class OpenAICompatibleEngine:
             offered = [Citation(n=number, evidence=item, text=item.text)
                        for number, item in enumerate(plan.evidence, start=1)]
             answer = Answer(text=raw_text.strip(), citations=offered, covered=True, engine=self.name)
-            self.verifier.verify_answer(answer)
+            self.verifier.verify_answer(answer, question=question)
             answer.covered = any(citation.evidence.kind == "kb_section" for citation in answer.citations)
 
         answer.warnings = plan.warnings + answer.warnings

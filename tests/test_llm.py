@@ -34,7 +34,7 @@ from core.llm import TRUNCATED_MARKER, LlmError, OpenAICompatibleEngine
 from core.pipeline import Sightline
 from core.routing import TieredAnswerRouter, route_reason
 from core.settings import PACKAGED_TEXT_EMBEDDING_MODEL, Settings
-from core.types import (Answer, Box, ImageInput, OcrLine, RetrievedSection, Section, Transcript,
+from core.types import (Answer, Box, Citation, Evidence, ImageInput, OcrLine, RetrievedSection, Section, Transcript,
                         TranscriptSegment)
 from core.verify import UNSUPPORTED_MARK, CitationVerifier
 
@@ -117,7 +117,9 @@ class FakeExtractive:
 
     def answer(self, request: AnswerRequest) -> Answer:
         self.calls += 1
-        return Answer(text="Sync pauses when your storage quota is full. [1]", citations=[], covered=self.covered,
+        evidence = Evidence(kind="kb_section", id="sync.md#0", source="sync.md", text=QUOTA_TEXT)
+        return Answer(text="Sync pauses when your storage quota is full. [1]",
+                      citations=[Citation(n=1, evidence=evidence, text=QUOTA_TEXT)], covered=self.covered,
                       engine="extractive")
 
 
@@ -350,7 +352,7 @@ def test_trimming_drops_lowest_ranked_evidence(llama_server: str, tmp_path: Path
 
 
 def test_trimming_truncates_top_evidence(llama_server: str, tmp_path: Path):
-    settings = llm_settings(tmp_path, llama_server, llm_context_tokens=330, llm_max_answer_tokens=32)
+    settings = llm_settings(tmp_path, llama_server, llm_context_tokens=470, llm_max_answer_tokens=32)
     engine = OpenAICompatibleEngine(settings=settings)
     request = make_request()
     request.retrieved[0].section.text = FILLER_TEXT * 8
