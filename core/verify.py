@@ -77,8 +77,10 @@ ENGINE_NOTICE_PREFIXES = (
 TEXT_EVIDENCE_KINDS = frozenset({"ocr_line", "kb_section", "transcript"})
 """Evidence whose text is what the answer quotes or restates. Other kinds (``kb_image``,
 ``image_label``) record a match or a label, and a marker for them is checked by naming."""
-EVIDENCE_UNITS_EMBEDDED = 6
+EVIDENCE_UNITS_EMBEDDED = 4
 """Evidence sentences per citation, ranked by word overlap, that are embedded for one check."""
+REPAIR_CANDIDATES = 3
+"""Other citations, ranked by word overlap, that a failed sentence is embedded against at most."""
 VECTOR_CACHE_SIZE = 4096
 """Embeddings of evidence sentences kept in memory by text, so a follow-up answer embeds little."""
 
@@ -178,7 +180,7 @@ class CitationVerifier:
     def verify(self, answer_text: str, citations: list[Citation], *, question: str | None = None) -> VerifiedAnswer:
         """Check every marker of ``answer_text`` against ``citations`` and return the repaired text and verdicts.
 
-        ``citations`` are not modified; the result holds renumbered copies. With
+        ``citations`` are not modified; the result contains renumbered copies. With
         ``question``, the grounding score includes relevance to it.
         """
         by_number = {citation.n: citation for citation in citations}
@@ -231,27 +233,53 @@ class CitationVerifier:
         """Score each piece against its own markers first, and against the other citations only if those fail.
 
         A piece's own markers are the ones after it, or for a piece without any, the
-        next marker group in its line.
+        next marker group in its line. A piece that quotes another citation verbatim,
+        but not its own, is settled without embedding anything, because embedding is
+        the slow step and a verbatim quote names its source.
         """
         supports: dict[int, dict[int, _Support]] = {id(piece): {} for piece in pieces}
         normalized = {number: _normalize(_evidence_text(citation)) for number, citation in by_number.items()}
         own = {id(piece): _own_numbers(piece, by_number) for piece in pieces}
 
-        self._score_pairs([(piece, number) for piece in pieces for number in own[id(piece)]],
-                          by_number, normalized, supports, named=True)
+        own_pairs, quoted_pairs = [], []
+        for piece in pieces:
+            quoted = [number for number in by_number if _quotes(piece, by_number[number], normalized[number])]
+            if quoted and not set(quoted) & set(own[id(piece)]):
+                quoted_pairs.extend((piece, number) for number in quoted)
+            else:
+                own_pairs.extend((piece, number) for number in own[id(piece)])
+        self._score_pairs(own_pairs, by_number, normalized, supports, named=True)
+        self._score_pairs(quoted_pairs, by_number, normalized, supports, named=False)
+
         failed = [piece for piece in pieces if not any(self._passes(support) for support in supports[id(piece)].values())]
-        self._score_pairs([(piece, number) for piece in failed for number in by_number if number not in own[id(piece)]],
-                          by_number, normalized, supports, named=False)
+        candidates = []
+        for piece in failed:
+            others = [number for number in by_number if number not in own[id(piece)]]
+            candidates.extend((piece, number) for number in self._repair_candidates(piece, others, by_number))
+        self._score_pairs(candidates, by_number, normalized, supports, named=False)
         return supports
+
+    def _repair_candidates(self, piece: _Piece, numbers: list[int], by_number: dict[int, Citation]) -> list[int]:
+        """Return the text citations, at most REPAIR_CANDIDATES, whose word overlap with the piece could pass."""
+        if not piece.tokens:
+            return []
+        overlaps = []
+        for number in numbers:
+            if by_number[number].evidence.kind not in TEXT_EVIDENCE_KINDS:
+                continue
+            ranked = _rank_units(piece.tokens, _evidence_text(by_number[number]))
+            if ranked and ranked[0][1] >= self.min_overlap:
+                overlaps.append((ranked[0][1], number))
+        overlaps.sort(reverse=True)
+        return [number for _, number in overlaps[:REPAIR_CANDIDATES]]
 
     def _score_pairs(self, pairs: list[tuple[_Piece, int]], by_number: dict[int, Citation],
                      normalized: dict[int, str], supports: dict[int, dict[int, _Support]], *, named: bool) -> None:
         """Score (piece, citation number) pairs into ``supports``, with one embedding batch for all of them.
 
-        A verbatim quote scores 1 without an embedding. A citation the piece does not
-        name is embedded only when its word overlap alone could pass, because below
-        ``citation_min_overlap`` it fails whatever its similarity. Image matches and
-        labels are scored only where the piece names them, and are never a repair target.
+        A verbatim quote scores 1 without an embedding. Otherwise a citation is embedded
+        only when its word overlap alone could pass. Image matches and labels are scored
+        only where the piece names them, and are never a repair target.
         """
         pending: list[tuple[_Piece, int, list[tuple[str, float]]]] = []
         for piece, number in pairs:
@@ -261,8 +289,7 @@ class CitationVerifier:
                     supports[id(piece)][number] = _naming_support(piece, citation)
                 continue
 
-            quote = _normalize(piece.check_text)
-            if quote and quote in normalized[number]:
+            if _quotes(piece, citation, normalized[number]):
                 supports[id(piece)][number] = _Support(1.0, 1.0, _matching_unit(piece.check_text,
                                                                                 _evidence_text(citation)))
                 continue
@@ -271,9 +298,11 @@ class CitationVerifier:
 
             ranked = _rank_units(piece.tokens, _evidence_text(citation))
             overlap = ranked[0][1] if ranked else 0.0
-            if (named and overlap > 0) or overlap >= self.min_overlap:
+            if overlap >= self.min_overlap:
                 pending.append((piece, number, ranked))
             elif named:
+                # Below the overlap threshold the citation fails whatever its similarity, so the
+                # score is left without the similarity half rather than paying for an embedding.
                 supports[id(piece)][number] = _Support(overlap, 0.0, "")
 
         if not pending:
@@ -394,6 +423,12 @@ def _split_sentences(text: str) -> list[_Piece]:
             if not any(start < match.start() < end for start, end in quoted)]
     bounds = [0, *cuts, len(text)]
     return [_Piece(text=text[begin:end]) for begin, end in zip(bounds, bounds[1:]) if text[begin:end]]
+
+
+def _quotes(piece: _Piece, citation: Citation, normalized_evidence: str) -> bool:
+    """Return True when the piece's checked words occur verbatim in a text citation's evidence."""
+    quote = _normalize(piece.check_text)
+    return bool(quote) and citation.evidence.kind in TEXT_EVIDENCE_KINDS and quote in normalized_evidence
 
 
 def _own_numbers(piece: _Piece, by_number: dict[int, Citation]) -> list[int]:
