@@ -501,6 +501,9 @@ class ChatHandlers:
         """Run the engine on the pending question and render the answer, or the error in its place.
 
         ``thorough`` comes from the "Thorough answer" checkbox, shown only when a model is configured.
+
+        NOTE: the chat shows a model's answer only once it is complete and checked, although
+        Sightline.ask can pass the streamed reply to an ``on_delta`` callback.
         """
         session = session if session is not None else SessionState()
         submission = session.pending
