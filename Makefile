@@ -7,9 +7,10 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 
 # Debian packages: Tesseract for OCR, ffmpeg for audio decoding, espeak-ng and sox for
-# synthesized speech in tests, Chromium for the browser tests.
-APP_DEB := tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd ffmpeg fonts-dejavu-core
-TEST_DEB := chromium espeak-ng sox
+# synthesized speech in tests, Chromium for the browser tests, a C++ toolchain to build
+# llama-cpp-python for the language-model tests.
+APP_DEB := python3-venv tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd ffmpeg fonts-dejavu-core
+TEST_DEB := chromium espeak-ng sox build-essential
 
 .PHONY: run test install install-dev system-app system-test index bench clean
 
@@ -40,9 +41,10 @@ install: system-app $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e .
 
+# GGML_NATIVE=OFF builds llama.cpp for any x86-64 CPU, not only the one that built the wheel.
 install-dev: system-test $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -e '.[dev]'
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
