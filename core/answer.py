@@ -16,6 +16,8 @@ Example::
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,16 @@ if TYPE_CHECKING:
     from core.vision import LabelScore
 
 ENGINE_NAME = "extractive"
+CONFIDENT_SIMILARITY = 0.40
+"""Cosine similarity of the best section above which the question counts as covered without a word check."""
+GENERIC_QUESTION_WORDS = frozenset("""
+mean means meaning fix fixed solve resolve error errors problem issue wrong happen happened happening work
+working get got see seen show shows shown help need want tell explain screen screenshot image picture
+message say says said thing one ok okay please thanks
+""".split())
+"""Words that say what kind of answer is wanted, not what it is about."""
+UNIT_VECTOR_CACHE_SIZE = 50_000
+"""Section sentences whose embeddings are kept in memory, about 80 MB at 384 float32 dimensions."""
 MAX_STEPS = 6
 """Numbered steps quoted at most from one section."""
 MAX_SCREENSHOT_LINES = 2
@@ -81,6 +93,8 @@ class ExtractiveAnswerEngine:
     def __init__(self, *, embedder: TextEmbedder, settings: Settings) -> None:
         self.embedder = embedder
         self.settings = settings
+        self._unit_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def answer(self, question: str, *, retrieved: list[RetrievedSection], ocr_lines: list[OcrLine],
                transcript: Transcript | None = None, question_from_transcript: bool = False,
@@ -95,7 +109,7 @@ class ExtractiveAnswerEngine:
         citations = _CitationList()
         readable_lines = [line for line in ocr_lines if _is_readable(line)]
         matched = _matched_sections(image_matches or [], retrieved)
-        covered = self.is_covered(retrieved) or bool(matched)
+        covered = self.is_covered(question, retrieved, readable_lines) or bool(matched)
         parts: list[str] = []
 
         if question_from_transcript and transcript is not None and transcript.segments:
@@ -133,12 +147,29 @@ class ExtractiveAnswerEngine:
         return Answer(text="\n\n".join(part for part in parts if part), citations=citations.items,
                       covered=True, engine=ENGINE_NAME)
 
-    def is_covered(self, retrieved: list[RetrievedSection]) -> bool:
-        """Decide whether the best section is close enough to the question to answer from it."""
+    def is_covered(self, question: str, retrieved: list[RetrievedSection], ocr_lines: list[OcrLine]) -> bool:
+        """Decide whether the best section is close enough to the question to answer from it.
+
+        Above CONFIDENT_SIMILARITY the embedding alone decides. Between min_dense_similarity
+        and it, the best hit's document must also contain a specific word of the question,
+        or, for a question made only of generic words ("what does this error mean?"), at
+        least two words of the screenshot.
+        """
         if not retrieved:
             return False
         best = max((hit.dense_similarity or 0.0) for hit in retrieved)
-        return best >= self.settings.min_dense_similarity
+        if best >= CONFIDENT_SIMILARITY:
+            return True
+        if best < self.settings.min_dense_similarity:
+            return False
+
+        top = retrieved[0].section
+        document_tokens = set(tokenize(f"{top.title} {' '.join(top.heading_path)} {top.text}"))
+        specific = set(tokenize(question)) - GENERIC_QUESTION_WORDS
+        if specific:
+            return bool(specific & document_tokens)
+        screenshot_tokens = {token for line in ocr_lines for token in tokenize(line.text)}
+        return len(screenshot_tokens & document_tokens) >= 2
 
     def _rank_units(self, question: str, sections: list[RetrievedSection],
                     ocr_lines: list[OcrLine]) -> list[_Unit]:
@@ -156,9 +187,10 @@ class ExtractiveAnswerEngine:
 
         screenshot_text = " ".join(line.text for line in ocr_lines)
         with_screenshot = f"{question}\n{screenshot_text}".strip()
-        vectors = self.embedder.embed([question, with_screenshot, *[unit.text for unit in units]])
-        question_similarity = vectors[2:] @ vectors[0]
-        context_similarity = vectors[2:] @ vectors[1]
+        query_vectors = self.embedder.embed([question, with_screenshot])
+        unit_vectors = self._embed_units([unit.text for unit in units])
+        question_similarity = unit_vectors @ query_vectors[0]
+        context_similarity = unit_vectors @ query_vectors[1]
         question_tokens = set(tokenize(question))
         screenshot_tokens = set(tokenize(screenshot_text))
 
@@ -173,8 +205,31 @@ class ExtractiveAnswerEngine:
                           + 0.3 * question_overlap + 0.2 * heading_overlap + 0.1 * screenshot_overlap
                           + 0.1 * rank_weight)
 
-        self._mark_best_per_part(question, units, vectors[2:])
+        self._mark_best_per_part(question, units, unit_vectors)
         return units
+
+    def _embed_units(self, texts: list[str]) -> np.ndarray:
+        """Embed section sentences, reusing vectors of sentences seen before: sections rarely change."""
+        with self._cache_lock:
+            missing = list(dict.fromkeys(text for text in texts if text not in self._unit_vectors))
+        if missing:
+            fresh = self.embedder.embed(missing)
+            with self._cache_lock:
+                for text, vector in zip(missing, fresh):
+                    self._unit_vectors[text] = vector
+                while len(self._unit_vectors) > UNIT_VECTOR_CACHE_SIZE:
+                    self._unit_vectors.popitem(last=False)
+
+        with self._cache_lock:
+            vectors = []
+            for text in texts:
+                vector = self._unit_vectors.get(text)
+                if vector is None:
+                    vector = self.embedder.embed([text])[0]
+                else:
+                    self._unit_vectors.move_to_end(text)
+                vectors.append(vector)
+        return np.stack(vectors)
 
     def _mark_best_per_part(self, question: str, units: list[_Unit], unit_vectors: np.ndarray) -> None:
         """For a question with several parts ("why … and who …"), mark the unit that best answers each part."""
@@ -231,9 +286,10 @@ class ExtractiveAnswerEngine:
             for rank, texts in cited_text.items()
         }
 
+        numbered = _complete_step_runs(chosen)
         lines: list[str] = []
         for unit in chosen:
-            prefix = f"{unit.step_number}. " if unit.step_number is not None else ""
+            prefix = f"{unit.step_number}. " if unit.step_number is not None and unit.section_rank in numbered else ""
             lines.append(f"{prefix}{unit.text} {markers[unit.section_rank]}")
         return "\n".join(lines)
 
@@ -275,6 +331,19 @@ def split_question(question: str) -> list[str]:
     parts = re.split(r"\?\s*|\s+and\s+(?=(?:who|why|what|when|where|which|how|can|do|does|is|are)\b)",
                      question, flags=re.IGNORECASE)
     return [part.strip() for part in parts if part and len(tokenize(part)) >= 1]
+
+
+def _complete_step_runs(chosen: list[_Unit]) -> set[int]:
+    """Return the section ranks whose quoted steps run 1, 2, 3… without a gap, so their numbers read right.
+
+    A step quoted alone, or with gaps, is shown without its number, since "4." out of context misleads.
+    """
+    steps_by_section: dict[int, list[int]] = {}
+    for unit in chosen:
+        if unit.step_number is not None:
+            steps_by_section.setdefault(unit.section_rank, []).append(unit.step_number)
+    return {rank for rank, numbers in steps_by_section.items()
+            if len(numbers) >= 2 and numbers == list(range(1, len(numbers) + 1))}
 
 
 def _last_sentence(text: str) -> str:

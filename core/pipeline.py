@@ -58,7 +58,6 @@ class ImageInContext:
     """Text too faint for the first OCR pass, found by the hidden-text scan. It is never evidence."""
 
 
-
 @dataclass
 class Turn:
     """One question of the conversation and the answer it got."""
@@ -267,6 +266,36 @@ class Sightline:
         )
         return answer
 
+    def _put_matched_sections_first(self, retrieved: list[RetrievedSection],
+                                    matches: list[ImageMatch]) -> list[RetrievedSection]:
+        """Add the sections behind image matches to the retrieved list, leading it with the best match's document.
+
+        When retrieval already ranks the best match's document first, its order stays,
+        because the question picks the section of that document better than the image
+        does. Otherwise the matched sections move to the top, in match order. A matched
+        section that retrieval did not find joins with the match score as its score.
+        """
+        by_id = {hit.section.id: hit for hit in retrieved}
+        matched: list[RetrievedSection] = []
+        for match in matches:
+            if match.section_id is None or any(hit.section.id == match.section_id for hit in matched):
+                continue
+            hit = by_id.get(match.section_id)
+            if hit is None:
+                try:
+                    hit = RetrievedSection(section=self.knowledge_base.get_section(match.section_id), score=match.score)
+                except KeyError:
+                    logger.warning("Image match %s names section %s, which is no longer indexed; skipping it.",
+                                   match.image_path, match.section_id)
+                    continue
+            matched.append(hit)
+
+        if not matched:
+            return retrieved
+        if retrieved and retrieved[0].section.doc_path == matched[0].section.doc_path:
+            return retrieved + [hit for hit in matched if hit not in retrieved]
+        return matched + [hit for hit in retrieved if hit not in matched]
+
     def forget_image(self, conversation: Conversation, image_id: str) -> bool:
         """Remove an image, its OCR result and the OCR lines kept in earlier answers from a conversation.
 
@@ -311,36 +340,6 @@ class Sightline:
                        turn=len(conversation.turns) - 1, inputs=inputs)
         except (sqlite3.Error, OSError, SightlineError) as error:
             logger.error("Could not write the audit record for conversation=%s: %s", conversation.id, error)
-
-    def _put_matched_sections_first(self, retrieved: list[RetrievedSection],
-                                    matches: list[ImageMatch]) -> list[RetrievedSection]:
-        """Add the sections behind image matches to the retrieved list, leading it with the best match's document.
-
-        When retrieval already ranks the best match's document first, its order stays,
-        because the question picks the section of that document better than the image
-        does. Otherwise the matched sections move to the top, in match order. A matched
-        section that retrieval did not find joins with the match score as its score.
-        """
-        by_id = {hit.section.id: hit for hit in retrieved}
-        matched: list[RetrievedSection] = []
-        for match in matches:
-            if match.section_id is None or any(hit.section.id == match.section_id for hit in matched):
-                continue
-            hit = by_id.get(match.section_id)
-            if hit is None:
-                try:
-                    hit = RetrievedSection(section=self.knowledge_base.get_section(match.section_id), score=match.score)
-                except KeyError:
-                    logger.warning("Image match %s names section %s, which is no longer indexed; skipping it.",
-                                   match.image_path, match.section_id)
-                    continue
-            matched.append(hit)
-
-        if not matched:
-            return retrieved
-        if retrieved and retrieved[0].section.doc_path == matched[0].section.doc_path:
-            return retrieved + [hit for hit in matched if hit not in retrieved]
-        return matched + [hit for hit in retrieved if hit not in matched]
 
     def _load_image(self, path: Path) -> ImageInput:
         from core.intake import load_image

@@ -34,15 +34,22 @@ own same she should so some such than that the their them then there these they 
 under until up very was we were what when where which while who whom why will with would you your yours
 """.split())
 _TOKEN = re.compile(r"[a-z0-9]+(?:[._'-][a-z0-9]+)*")
+MIN_CODE_DIGITS = 3
+_DIGIT_RUN = re.compile(r"\d{%d,}" % MIN_CODE_DIGITS)
 
 
 def tokenize(text: str) -> list[str]:
-    """Split text into lowercase word tokens for BM25, dropping stopwords and possessive endings."""
+    """Split text into lowercase word tokens for BM25, dropping stopwords and possessive endings.
+
+    A token with a run of MIN_CODE_DIGITS or more digits also yields that run, so an error
+    code matches however its prefix was written, spoken or misheard ("TP-4021", "tp4021").
+    """
     tokens = []
     for token in _TOKEN.findall(text.lower()):
         token = token.removesuffix("'s")
         if token not in STOPWORDS and len(token) > 1:
             tokens.append(token)
+            tokens.extend(run for run in _DIGIT_RUN.findall(token) if run != token)
     return tokens
 
 
