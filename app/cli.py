@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--data-dir", type=Path, help="folder for the Chroma store and caches")
 
     ask = commands.add_parser("ask", help="answer one question about an image, a voice note, or neither")
-    ask.add_argument("question", help="the question; may be empty when --audio contains the spoken question")
+    ask.add_argument("question", nargs="?", default="",
+                     help="the question; leave it out when --audio contains the spoken question")
     ask.add_argument("--image", type=Path, action="append", default=[], help="screenshot or photo (repeatable)")
     ask.add_argument("--audio", type=Path, help="voice note: WAV, FLAC, MP3, OGG/Opus, M4A or WebM")
     ask.add_argument("--json", action="store_true", help="print the answer, citations and timings as JSON")
@@ -117,12 +118,15 @@ def _index(settings: Settings) -> int:
         print(f"Indexed {images.summary()} ({images.elapsed_ms / 1000:.1f} s)")
     failed = {**report.failed, **(images.failed if images is not None else {})}
     for path, reason in failed.items():
-        print(f"  failed: {path}: {reason}", file=sys.stderr)
+        # Most reasons already start with the file's path.
+        print(f"  failed: {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
     return EXIT_INPUT_ERROR if failed else 0
 
 
 def _ask(settings: Settings, arguments: argparse.Namespace) -> int:
     from core.pipeline import Sightline
+
+    _check_input_paths([*arguments.image, *([arguments.audio] if arguments.audio else [])])
 
     started = time.perf_counter()
     _lock_store(settings, "ask")
@@ -135,7 +139,7 @@ def _ask(settings: Settings, arguments: argparse.Namespace) -> int:
     answer = engine.ask(arguments.question, image_paths=arguments.image, audio_path=arguments.audio,
                         thorough=arguments.thorough)
     warnings = list(answer.warnings)
-    if not settings.clip_model:
+    if not settings.clip_model and arguments.image:
         warnings.append("No vision model is configured (SIGHTLINE_CLIP_MODEL), so images are read by OCR only.")
     if arguments.thorough and not settings.llm_base_url:
         warnings.append("--thorough had no effect because no model is configured (SIGHTLINE_LLM_BASE_URL).")
@@ -150,8 +154,9 @@ def _ask(settings: Settings, arguments: argparse.Namespace) -> int:
     print(answer.text)
     if answer.citations:
         print("\nSources:")
+        file_names = {image["id"]: image["source"] for image in answer.context.get("images", [])}
         for citation in answer.citations:
-            print(f"  [{citation.n}] {_describe_citation(citation)}")
+            print(f"  [{citation.n}] {_describe_citation(citation, file_names)}")
     if answer.grounding is not None:
         unsupported = sum(not sentence.supported for sentence in answer.sentences)
         print(f"\nGrounding: {answer.grounding:.2f} ({len(answer.sentences)} sentences checked, "
@@ -161,14 +166,29 @@ def _ask(settings: Settings, arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_citation(citation) -> str:
+def _describe_citation(citation, file_names: dict[str, str]) -> str:
+    """Describe one citation on a line; ``file_names`` maps image content hashes to the user's file names."""
     evidence = citation.evidence
     if evidence.kind == "ocr_line":
         box = evidence.box
-        return f"screenshot {evidence.source}, line at ({box.left}, {box.top}) {box.width}x{box.height}: {citation.text}"
+        image = file_names.get(evidence.source, evidence.source)
+        return f"{image}, line at x={box.left} y={box.top} ({box.width}x{box.height} px): {citation.text}"
     if evidence.kind == "transcript":
         return f"voice note {evidence.source}, {evidence.start_s:.1f}-{evidence.end_s:.1f} s: {citation.text}"
+    if evidence.kind == "image_label":
+        return f"image {file_names.get(evidence.source, evidence.source)}, zero-shot label: {citation.text}"
+    if evidence.kind == "kb_image":
+        return f"matching image {evidence.image_path} in {evidence.document_title} › {evidence.heading} ({evidence.source})"
     return f"{evidence.document_title} › {evidence.heading} ({evidence.source})"
+
+
+def _check_input_paths(paths: list[Path]) -> None:
+    """Raise SightlineError for a missing input file before any model loads, which takes seconds."""
+    for path in paths:
+        if not path.exists():
+            raise SightlineError(f"{path} was not found. Check the path and try again.")
+        if not path.is_file():
+            raise SightlineError(f"{path} is not a file. Pass an image or audio file.")
 
 
 def _audit(settings: Settings, arguments: argparse.Namespace) -> int:

@@ -50,6 +50,8 @@ class IndexReport:
     updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    """Documents with no text to index."""
     failed: dict[str, str] = field(default_factory=dict)
     """Document path to the reason it could not be indexed."""
     sections_embedded: int = 0
@@ -62,7 +64,7 @@ class IndexReport:
 
     def summary(self) -> str:
         return (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.removed)} removed, "
-                f"{len(self.unchanged)} unchanged, {len(self.failed)} failed; "
+                f"{len(self.unchanged)} unchanged, {len(self.empty)} empty, {len(self.failed)} failed; "
                 f"{self.sections_embedded} sections embedded, {self.sections_total} in the index")
 
 
@@ -262,7 +264,7 @@ class KnowledgeBase:
         report.elapsed_ms = (time.perf_counter() - started) * 1000
         logger.info("Indexed %s in %.0f ms: %s", kb_dir, report.elapsed_ms, report.summary())
         for relative, reason in report.failed.items():
-            logger.error("Could not index %s: %s", relative, reason)
+            logger.error("Could not index %s: %s", relative, reason.removeprefix(f"{relative}: "))
         return report
 
     def _index_one(self, collection, path: Path, kb_dir: Path, indexed_hash: str | None,
@@ -280,6 +282,13 @@ class KnowledgeBase:
 
         if indexed_hash is not None:
             collection.delete(where={"doc_path": relative})
+        if not sections:
+            # NOTE: a document with no text leaves nothing in Chroma to remember it by, so it is
+            # reported as empty on every run rather than as unchanged.
+            report.empty.append(relative)
+            if indexed_hash is not None:
+                report.removed.append(relative)
+            return
         self._add_sections(collection, sections)
         report.sections_embedded += len(sections)
         (report.updated if indexed_hash is not None else report.added).append(relative)

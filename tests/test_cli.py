@@ -85,3 +85,29 @@ def test_ask_missing_image_file(indexed_data_dir: Path, tmp_path: Path):
     assert result.returncode == 1
     assert "absent.png" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ask_audio_without_question_argument(indexed_data_dir: Path):
+    result = run_cli("ask", "--no-index", "--audio", str(REPO_ROOT / "assets" / "voice" / "ask-device-limit.wav"),
+                     data_dir=indexed_data_dir)
+
+    assert result.returncode == 0, result.stderr
+    assert "3 devices" in result.stdout
+    assert "warning: No vision model" not in result.stderr
+
+
+def test_index_reports_empty_and_invalid_documents(tmp_path: Path):
+    kb_dir = tmp_path / "kb"
+    kb_dir.mkdir()
+    (kb_dir / "widgets.md").write_text("# Widgets\n\nA widget turns blue when it is charged.\n")
+    (kb_dir / "empty.md").write_bytes(b"")
+    (kb_dir / "latin1.md").write_bytes(b"# Caf\xe9\n")
+
+    result = run_cli("index", str(kb_dir), data_dir=tmp_path / "data")
+
+    assert result.returncode == 1
+    assert "1 added" in result.stdout
+    assert "1 empty" in result.stdout
+    assert "1 failed" in result.stdout
+    assert "failed: latin1.md: not valid UTF-8" in result.stderr
+    assert "latin1.md: latin1.md" not in result.stderr
