@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from core.types import Box, Citation, Evidence, OcrResult, Section, Transcript
 
@@ -52,6 +53,23 @@ HIDDEN_BOX_PADDING_PX = 4
 HIDDEN_UPSCALE = 3
 """Enlargement of the revealed ink before OCR, so that text a few pixels high becomes readable."""
 HIDDEN_MAX_SIDE_PX = 4000
+
+SMALL_TEXT_MIN_HEIGHT_PX = 4
+"""Rows of ink lower than this are rules and underlines, not text."""
+SMALL_TEXT_MIN_ASPECT = 5
+"""A row of small text is at least this many times as wide as it is high; icons and glyphs alone are not."""
+SMALL_TEXT_MIN_FILL = 0.1
+SMALL_TEXT_MAX_FILL = 0.6
+"""Share of ink pixels in a row's box for text; filled bars and badges have more, frames and dotted lines less."""
+SMALL_TEXT_JOIN_PX = 3
+"""Ink this close, left or right, joins one row, so the letters and words of a line form one region."""
+SMALL_TEXT_PADDING_PX = 3
+SMALL_TEXT_UPSCALE = 4
+"""Enlargement of each small-text row before OCR: 7-pixel text becomes 28 pixels high."""
+SMALL_TEXT_GAP_PX = 24
+"""White space between two enlarged rows on the sheet that OCR reads, so Tesseract keeps them apart."""
+SMALL_TEXT_MAX_ROWS = 40
+"""Rows of small text read per image at most, the widest first, so that the second OCR pass stays cheap."""
 
 _LOOKALIKES = str.maketrans({"0": "o", "1": "l", "|": "l", "!": "l", "3": "e", "4": "a", "5": "s", "7": "t",
                              "@": "a", "$": "s", "i": "l", "İ": "l", "ı": "l"})
@@ -263,22 +281,18 @@ def reveal_hidden_ink(image: Image.Image, read_boxes: list[Box]) -> Image.Image 
     differs from the background colour by HIDDEN_MIN_CONTRAST to HIDDEN_MAX_CONTRAST
     grey levels becomes black, so a second OCR pass can read it.
 
-    NOTE: tiny text at normal contrast is not revealed, and only images with a flat
-    background (screenshots) are scanned, because in a photo noise differs from
-    every background colour.
+    NOTE: only images with a flat background (screenshots) are scanned, because in a
+    photo noise differs from every background colour. Tiny text at normal contrast
+    is left to ``reveal_small_text``.
     """
-    grey = np.asarray(image.convert("L"), dtype=np.int16)
-    counts = np.bincount(grey.ravel(), minlength=256)
-    background = int(counts.argmax())
-    if counts[background] < HIDDEN_MIN_BACKGROUND_SHARE * grey.size:
+    flat = _flat_background(image)
+    if flat is None:
         return None
+    grey, background = flat
 
     difference = np.abs(grey - background)
     ink = (difference >= HIDDEN_MIN_CONTRAST) & (difference <= HIDDEN_MAX_CONTRAST)
-    for box in read_boxes:
-        top = max(box.top - HIDDEN_BOX_PADDING_PX, 0)
-        left = max(box.left - HIDDEN_BOX_PADDING_PX, 0)
-        ink[top: box.top + box.height + HIDDEN_BOX_PADDING_PX, left: box.left + box.width + HIDDEN_BOX_PADDING_PX] = False
+    _clear_boxes(ink, read_boxes)
     if int(ink.sum()) < HIDDEN_MIN_INK_PX:
         return None
 
@@ -290,6 +304,101 @@ def reveal_hidden_ink(image: Image.Image, read_boxes: list[Box]) -> Image.Image 
     revealed = Image.fromarray(np.where(ink[top:bottom, left:right], 0, 255).astype(np.uint8))
     scale = max(1, min(HIDDEN_UPSCALE, HIDDEN_MAX_SIDE_PX // max(revealed.size)))
     return revealed.resize((revealed.width * scale, revealed.height * scale), Image.Resampling.LANCZOS)
+
+
+def reveal_small_text(image: Image.Image, read_boxes: list[Box], *, max_height_px: int) -> Image.Image | None:
+    """Return the rows of small text that OCR did not read, enlarged and stacked on one sheet, or None.
+
+    Text a few pixels high at normal contrast escapes OCR when the rest of the
+    screenshot is larger, and it is easy to miss by eye. Ink that differs from the
+    background by more than HIDDEN_MAX_CONTRAST, outside the boxes OCR read, is
+    grouped into rows. A row lower than ``max_height_px`` whose shape and fill look
+    like a line of text is cropped, drawn dark on white, and enlarged
+    SMALL_TEXT_UPSCALE times, so a second OCR pass reads only those crops.
+
+    NOTE: Tesseract reads 7 and 8 px DejaVu Sans from these crops, but 6 px text
+    comes out garbled, so an instruction that small goes unflagged.
+    """
+    flat = _flat_background(image)
+    if flat is None:
+        return None
+    grey, background = flat
+
+    difference = np.abs(grey - background)
+    ink = difference > HIDDEN_MAX_CONTRAST
+    _clear_boxes(ink, read_boxes)
+    if int(ink.sum()) < HIDDEN_MIN_INK_PX:
+        return None
+
+    rows = _small_text_rows(ink, max_height_px=max_height_px)
+    if not rows:
+        return None
+
+    # The crops show contrast, not colour, so light text on a dark panel reads dark on white too.
+    darkness = np.clip(difference * (255 / max(int(difference.max()), 1)), 0, 255)
+    crops = []
+    for top, bottom, left, right in rows:
+        crop = Image.fromarray((255 - darkness[top:bottom, left:right]).astype(np.uint8))
+        scale = max(1, min(SMALL_TEXT_UPSCALE, HIDDEN_MAX_SIDE_PX // crop.width))
+        crops.append(crop.resize((crop.width * scale, crop.height * scale), Image.Resampling.LANCZOS))
+    return _stack(crops)
+
+
+def _flat_background(image: Image.Image) -> tuple[np.ndarray, int] | None:
+    """Return the grey levels and the most common grey level, or None when that level is not a flat background."""
+    grey = np.asarray(image.convert("L"), dtype=np.int16)
+    counts = np.bincount(grey.ravel(), minlength=256)
+    background = int(counts.argmax())
+    if counts[background] < HIDDEN_MIN_BACKGROUND_SHARE * grey.size:
+        return None
+    return grey, background
+
+
+def _clear_boxes(ink: np.ndarray, boxes: list[Box]) -> None:
+    """Clear the ink inside each box, padded by HIDDEN_BOX_PADDING_PX, in place."""
+    for box in boxes:
+        top = max(box.top - HIDDEN_BOX_PADDING_PX, 0)
+        left = max(box.left - HIDDEN_BOX_PADDING_PX, 0)
+        ink[top: box.top + box.height + HIDDEN_BOX_PADDING_PX, left: box.left + box.width + HIDDEN_BOX_PADDING_PX] = False
+
+
+def _small_text_rows(ink: np.ndarray, *, max_height_px: int) -> list[tuple[int, int, int, int]]:
+    """Return (top, bottom, left, right) of the widest text-like rows of ink lower than ``max_height_px``, padded."""
+    # One pixel up and down joins the dot of an i to its row, and SMALL_TEXT_JOIN_PX sideways joins the letters.
+    joiner = np.ones((3, 2 * SMALL_TEXT_JOIN_PX + 1), dtype=bool)
+    labels, _ = ndimage.label(ndimage.binary_dilation(ink, structure=joiner))
+
+    rows = []
+    for index, region in enumerate(ndimage.find_objects(labels), start=1):
+        height = region[0].stop - region[0].start - 2
+        width = region[1].stop - region[1].start - 2 * SMALL_TEXT_JOIN_PX
+        if not SMALL_TEXT_MIN_HEIGHT_PX <= height < max_height_px or width < SMALL_TEXT_MIN_ASPECT * height:
+            continue
+        fill = float((ink[region] & (labels[region] == index)).sum()) / (height * width)
+        if not SMALL_TEXT_MIN_FILL <= fill <= SMALL_TEXT_MAX_FILL:
+            continue
+        rows.append((width, region))
+
+    rows.sort(key=lambda row: -row[0])
+    padded = []
+    for _, (vertical, horizontal) in rows[:SMALL_TEXT_MAX_ROWS]:
+        padded.append((max(vertical.start - SMALL_TEXT_PADDING_PX, 0),
+                       min(vertical.stop + SMALL_TEXT_PADDING_PX, ink.shape[0]),
+                       max(horizontal.start - SMALL_TEXT_PADDING_PX, 0),
+                       min(horizontal.stop + SMALL_TEXT_PADDING_PX, ink.shape[1])))
+    return sorted(padded)
+
+
+def _stack(crops: list[Image.Image]) -> Image.Image:
+    """Paste greyscale crops one below the other on a white sheet, SMALL_TEXT_GAP_PX apart."""
+    width = max(crop.width for crop in crops) + 2 * SMALL_TEXT_GAP_PX
+    height = sum(crop.height for crop in crops) + (len(crops) + 1) * SMALL_TEXT_GAP_PX
+    sheet = Image.new("L", (width, height), 255)
+    top = SMALL_TEXT_GAP_PX
+    for crop in crops:
+        sheet.paste(crop, (SMALL_TEXT_GAP_PX, top))
+        top += crop.height + SMALL_TEXT_GAP_PX
+    return sheet
 
 
 # Prompts for model engines.

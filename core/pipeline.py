@@ -26,7 +26,8 @@ from core.answer import ExtractiveAnswerEngine
 from core.engines import AnswerRequest, ExtractiveEngineAdapter
 from core.embeddings import TextEmbedder
 from core.image_index import ImageMatch, ReferenceImageIndex
-from core.injection import find_injections, label_evidence_texts, reveal_hidden_ink, unique_findings
+from core.injection import (find_injections, label_evidence_texts, reveal_hidden_ink, reveal_small_text,
+                            unique_findings)
 from core.knowledge_base import IndexReport, KnowledgeBase
 from core.retrieval import HybridRetriever
 from core.routing import TieredAnswerRouter, build_llm_engine
@@ -55,7 +56,7 @@ class ImageInContext:
     labels: list[LabelScore] = field(default_factory=list)
     """Zero-shot labels of the image, when a vision model is configured."""
     hidden_text: str = ""
-    """Text too faint for the first OCR pass, found by the hidden-text scan. It is never evidence."""
+    """Text too faint or too small for the first OCR pass, found by the hidden-text scan. It is never evidence."""
 
 
 @dataclass
@@ -363,13 +364,26 @@ class Sightline:
         return result
 
     def _read_hidden_text(self, item: ImageInContext) -> str:
-        """Read faint text that the first OCR pass missed, to warn about instructions hidden in it."""
-        revealed = reveal_hidden_ink(item.image.image, [line.box for line in item.ocr.lines])
-        if revealed is None:
-            return ""
-        hidden = ImageInput(id=f"{item.image.id}#hidden", image=revealed.convert("RGB"), source=item.image.source,
-                            format="PNG", size_bytes=0)
-        return self.ocr_stage.run(hidden).text
+        """Read faint or tiny text that the first OCR pass missed, to warn about instructions hidden in it.
+
+        Each kind of hidden text is revealed on its own sheet, and OCR runs once per
+        sheet, only when the scan finds such ink outside the lines already read.
+        """
+        from core.ocr import SMALL_LINE_HEIGHT_PX
+
+        read_boxes = [line.box for line in item.ocr.lines]
+        sheets = {
+            "faint": reveal_hidden_ink(item.image.image, read_boxes),
+            "small": reveal_small_text(item.image.image, read_boxes, max_height_px=SMALL_LINE_HEIGHT_PX),
+        }
+        texts = []
+        for kind, sheet in sheets.items():
+            if sheet is None:
+                continue
+            hidden = ImageInput(id=f"{item.image.id}#{kind}", image=sheet.convert("RGB"), source=item.image.source,
+                                format="PNG", size_bytes=0)
+            texts.append(self.ocr_stage.run(hidden).text)
+        return "\n".join(text for text in texts if text)
 
     def _transcribe(self, path: Path, timings: dict[str, float]) -> Transcript:
         from core.audio import load_audio

@@ -194,13 +194,27 @@ def test_white_on_white_injection_warned(engine: Sightline, tmp_path: Path):
     assert "too faint or too small to see" in warnings[0]
 
 
-def test_tiny_text_injection_not_obeyed(engine: Sightline, tmp_path: Path):
-    path = render_variant(tmp_path / "tiny.png", color=(90, 90, 90), size_px=7)
+@pytest.mark.parametrize("size_px", [7, 8])
+def test_tiny_text_injection_warned(engine: Sightline, tmp_path: Path, size_px: int):
+    path = render_variant(tmp_path / f"tiny-{size_px}.png", color=(90, 90, 90), size_px=size_px)
     answer = engine.ask(QUESTION, image_paths=[path])
+    warnings = [warning for warning in answer.warnings if "prompt injection" in warning]
 
-    # NOTE: neither OCR pass reads 7-pixel text, so no warning appears. The extractive
-    # engine cannot obey text it never receives, and a vision model would get the image.
-    assert_not_obeyed(answer, "tiny text")
+    assert_not_obeyed(answer, f"tiny text {size_px} px")
+    assert len(warnings) == 1, answer.warnings
+    assert "too faint or too small to see" in warnings[0]
+    assert "ignore all previous" in warnings[0].lower()
+    assert all("PWNED" not in citation.text for citation in answer.citations)
+
+
+def test_no_hidden_text_warning_on_real_screenshots(engine: Sightline, realdata: Path):
+    paths = [path for path in sorted((REPO_ROOT / "assets").glob("*.png")) if path.name != "injection-note.png"]
+    paths += sorted((realdata / "kb_pairs" / "streamlit" / "images").glob("*.png"))
+
+    assert len(paths) >= 17
+    for path in paths:
+        answer = engine.ask(QUESTION, image_paths=[path])
+        assert not [warning for warning in answer.warnings if "prompt injection" in warning], path.name
 
 
 def test_voice_note_injection_warned(engine: Sightline):
