@@ -25,12 +25,15 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import atexit
 import html
 import logging
+import queue
 import re
 import shutil
 import string
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,8 @@ EVIDENCE_BOX_WIDTH_PX = 4
 EVIDENCE_IMAGE_HEIGHT_PX = 480
 """Height of each image in the side-by-side view of a reference image match."""
 NO_EVIDENCE_TEXT = "Click a source of the last answer to see its evidence."
+EXTRACTIVE_PREVIEW_NOTE = "_Quick answer from the help center. Asking the configured model for a thorough answer…_"
+STREAMING_NOTE = "_Model answer, checking citations…_"
 
 
 @dataclass
@@ -232,6 +237,18 @@ def describe_grounding(answer: Answer) -> str:
     if removed:
         badge += f" · {removed} uncited sentence{'s' if removed != 1 else ''} removed"
     return badge
+
+
+def format_progress(extractive: Answer | None, streamed: str) -> str:
+    """Render the answer in progress: the model's reply so far, or else the unchecked extractive answer.
+
+    Both are untrusted text, so they are escaped like a final answer.
+    """
+    if streamed:
+        return f"{escape_markdown(streamed)}\n\n{STREAMING_NOTE}"
+    if extractive is not None:
+        return f"{render_answer_text(extractive.text)}\n\n{EXTRACTIVE_PREVIEW_NOTE}"
+    return STREAMING_NOTE
 
 
 def format_pending_question(submission: Submission) -> str:
@@ -498,18 +515,20 @@ class ChatHandlers:
         return session.messages, gr.MultimodalTextbox(value=None, interactive=False), session
 
     def answer_question(self, session: SessionState | None, request: gr.Request, thorough: bool = False):
-        """Run the engine on the pending question and render the answer, or the error in its place.
+        """Run the engine on the pending question and stream the answer into the chat, or show the error.
 
         ``thorough`` comes from the "Thorough answer" checkbox, shown only when a model is configured.
-
-        NOTE: the chat shows a model's answer only once it is complete and checked, although
-        Sightline.ask can pass the streamed reply to an ``on_delta`` callback.
+        When the model is asked, the chat first shows the extractive answer, then the
+        model's reply as it streams, marked as being checked. The last update replaces
+        it with the checked answer, or with the extractive answer and a note why.
+        Updates before the last change only the chat.
         """
         session = session if session is not None else SessionState()
         submission = session.pending
         session.pending = None
         if submission is None:
-            return self._outputs(session, textbox_value=None, answer=None)
+            yield self._outputs(session, textbox_value=None, answer=None)
+            return
 
         conversation = session.conversation
         images_before = len(conversation.images)
@@ -519,23 +538,25 @@ class ChatHandlers:
                     session_id, conversation.id, len(submission.files))
 
         if self.rate_limiter is not None and not self.rate_limiter.allow(session_id or "anonymous"):
-            return self._show_error(session, submission, SightlineError(BUSY_MESSAGE), session_id=session_id,
-                                    images_accepted=True)
+            yield self._show_error(session, submission, SightlineError(BUSY_MESSAGE), session_id=session_id,
+                                   images_accepted=True)
+            return
         if self.file_guard is not None and session_id:
             self.file_guard.bind_session(session_id, browser_of(request))
         adopted = self._adopt_uploads(session_id, submission)
 
         try:
             image_paths, audio_path = split_attachments(submission.files)
-            answer = self.engine.ask(submission.text, conversation=conversation, thorough=bool(thorough),
-                                     image_paths=image_paths, audio_path=audio_path)
+            answer = yield from self._ask_in_background(session, submission.text, thorough=bool(thorough),
+                                                        image_paths=image_paths, audio_path=audio_path)
         except Exception as error:
             accepted_images = len(conversation.images) - images_before
             self._settle_uploads(submission, adopted, conversation.images[images_before:],
                                  keep_originals=accepted_images == len(image_attachments(submission)))
             self._roll_back(conversation, images_before=images_before, transcripts_before=transcripts_before)
-            return self._show_error(session, submission, error, session_id=session_id,
-                                    images_accepted=accepted_images == len(image_attachments(submission)))
+            yield self._show_error(session, submission, error, session_id=session_id,
+                                   images_accepted=accepted_images == len(image_attachments(submission)))
+            return
 
         new_images = conversation.images[images_before:]
         self._settle_uploads(submission, adopted, new_images, keep_originals=False)
@@ -543,7 +564,55 @@ class ChatHandlers:
             self._user_message(submission, new_images, answer, audio_path=audio_path),
             {"role": "assistant", "content": format_answer(answer)},
         ]
-        return self._outputs(session, textbox_value=None, answer=answer)
+        yield self._outputs(session, textbox_value=None, answer=answer)
+
+    def _ask_in_background(self, session: SessionState, question: str, *, thorough: bool,
+                           image_paths: list[Path], audio_path: Path | None) -> Generator[tuple, None, Answer]:
+        """Run Sightline.ask in a worker thread, yield outputs that show the answer in progress, return the answer.
+
+        Re-raises the exception that Sightline.ask raised. Events that arrive
+        together are shown in one update, so a fast model does not flood the page.
+        NOTE: when the browser leaves mid-answer, the worker still finishes the turn.
+        """
+        conversation = session.conversation
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["answer"] = self.engine.ask(
+                    question, conversation=conversation, thorough=thorough, image_paths=image_paths,
+                    audio_path=audio_path, on_delta=lambda text: events.put(("delta", text)),
+                    on_extractive=lambda answer: events.put(("extractive", answer)))
+            except Exception as error:
+                outcome["error"] = error
+            finally:
+                events.put(("done", None))
+
+        worker = threading.Thread(target=work, name=f"answer-{conversation.id}", daemon=True)
+        worker.start()
+
+        extractive: Answer | None = None
+        streamed: list[str] = []
+        done = False
+        while not done:
+            batch = [events.get()]
+            while not events.empty():
+                batch.append(events.get_nowait())
+            for kind, value in batch:
+                if kind == "done":
+                    done = True
+                elif kind == "extractive":
+                    extractive = value
+                else:
+                    streamed.append(value)
+            if not done:
+                yield self._progress_outputs(session, format_progress(extractive, "".join(streamed)))
+
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["answer"]
 
     def list_citations(self, session: SessionState | None):
         """Offer the citations of the last answer in the source picker and clear the evidence panel."""
@@ -707,6 +776,12 @@ class ChatHandlers:
             screenshot = ChatHandlers._screenshot_panel(session.conversation, answer)
         textbox = gr.MultimodalTextbox(value=textbox_value, interactive=True)
         return session.messages, textbox, screenshot, describe_conversation(session.conversation), session
+
+    @staticmethod
+    def _progress_outputs(session: SessionState, text: str):
+        """Return the outputs for an answer in progress: the chat with ``text`` as the last message, nothing else."""
+        messages = session.messages + [{"role": "assistant", "content": text}]
+        return messages, gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
     @staticmethod
     def _screenshot_panel(conversation: Conversation, answer: Answer | None) -> gr.AnnotatedImage:

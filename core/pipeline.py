@@ -144,11 +144,14 @@ class Sightline:
 
     def ask(self, question: str, *, conversation: Conversation | None = None,
             image_paths: list[Path] | tuple[Path, ...] = (), audio_path: Path | None = None,
-            thorough: bool = False, on_delta: Callable[[str], None] | None = None) -> Answer:
+            thorough: bool = False, on_delta: Callable[[str], None] | None = None,
+            on_extractive: Callable[[Answer], None] | None = None) -> Answer:
         """Answer a question about new media and the media already in the conversation.
 
         With ``thorough`` the configured model answers even when the extractive answer
-        is confident (see core.routing); ``on_delta`` receives the model's reply as it streams.
+        is confident (see core.routing). When the model is asked, ``on_extractive``
+        first receives the unchecked extractive answer, and ``on_delta`` then receives
+        the model's reply as it streams.
 
         An empty question with a voice note takes the transcript as the question. Raises
         SightlineError (with a message for the user) when an input cannot be used, and then
@@ -159,7 +162,8 @@ class Sightline:
         images_before = len(conversation.images)
         transcripts_before = len(conversation.transcripts)
         try:
-            answer = self._ask(question, conversation, image_paths, audio_path, thorough=thorough, on_delta=on_delta)
+            answer = self._ask(question, conversation, image_paths, audio_path, thorough=thorough, on_delta=on_delta,
+                               on_extractive=on_extractive)
         except BaseException:
             # A failed turn leaves the conversation as it was, so a bad upload cannot replace
             # the screenshot that follow-up questions are about.
@@ -171,7 +175,8 @@ class Sightline:
         return answer
 
     def _ask(self, question: str, conversation: Conversation, image_paths, audio_path: Path | None, *,
-             thorough: bool = False, on_delta: Callable[[str], None] | None = None) -> Answer:
+             thorough: bool = False, on_delta: Callable[[str], None] | None = None,
+             on_extractive: Callable[[Answer], None] | None = None) -> Answer:
         timings: dict[str, float] = {}
         warnings: list[str] = []
         started = time.perf_counter()
@@ -236,7 +241,7 @@ class Sightline:
                                     question_from_transcript=question_from_transcript,
                                     images=[item.image for item in active], image_matches=image_matches,
                                     image_labels=image_labels, thorough=thorough)
-            answer = self.router.answer(request, on_delta=on_delta)
+            answer = self.router.answer(request, on_delta=on_delta, on_extractive=on_extractive)
 
         # Every answer is checked before it is shown. A model engine checks its own
         # answer (it must, to decide whether to fall back), so that check is not repeated.

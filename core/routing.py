@@ -36,11 +36,13 @@ class TieredAnswerRouter:
         self.llm = llm
         self.settings = settings
 
-    def answer(self, request: AnswerRequest, *, on_delta: Callable[[str], None] | None = None) -> Answer:
+    def answer(self, request: AnswerRequest, *, on_delta: Callable[[str], None] | None = None,
+               on_extractive: Callable[[Answer], None] | None = None) -> Answer:
         """Return the model's checked answer when the route calls for it, else the extractive answer.
 
-        ``on_delta`` receives the model's reply as it streams; it is not called when
-        the extractive answer suffices.
+        ``on_delta`` receives the model's reply as it streams. ``on_extractive``
+        receives the extractive answer, before its citation check, just before the
+        model is asked. Neither is called when the extractive answer suffices.
         """
         extractive = self.extractive.answer(request)
         reason = route_reason(extractive, request, settings=self.settings)
@@ -48,6 +50,8 @@ class TieredAnswerRouter:
             return extractive
 
         logger.info("Asking the model engine=%s reason=%s", self.llm.name, reason)
+        if on_extractive is not None:
+            on_extractive(extractive)
         try:
             reply = self.llm.complete(request, on_delta=on_delta)
         except LlmError as error:
