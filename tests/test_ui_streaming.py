@@ -58,7 +58,7 @@ def _split_into_chunks(text: str, count: int) -> list[str]:
 
 
 class SlowModelHandler(BaseHTTPRequestHandler):
-    """Stream a chat completion that cites [1], CHUNK_COUNT chunks CHUNK_DELAY_S apart; 404 for every other path."""
+    """Stream a cited chat completion in CHUNK_COUNT chunks CHUNK_DELAY_S apart, and return 404 for other paths."""
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
