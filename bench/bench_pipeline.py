@@ -240,7 +240,7 @@ def time_search(retriever, questions: list[str], contexts: list[list[str]]) -> t
         full_ms.append((time.perf_counter() - started) * 1000)
 
         started = time.perf_counter()
-        vector = retriever.embedder.embed([retriever.build_query(question, context)])[0]
+        vector = retriever.embedder.embed([retriever.build_dense_query(question, context)])[0]
         embedding_ms.append((time.perf_counter() - started) * 1000)
 
         started = time.perf_counter()

@@ -25,7 +25,7 @@ import numpy as np
 
 from core.documents import CODE_FENCE, IMAGE_CAPTION_PREFIX
 from core.embeddings import TextEmbedder
-from core.retrieval import tokenize
+from core.retrieval import DENSE_CONTEXT_CHARS, tokenize
 from core.settings import Settings
 from core.types import Answer, Citation, Evidence, OcrLine, RetrievedSection, Transcript
 
@@ -186,7 +186,7 @@ class ExtractiveAnswerEngine:
             return []
 
         screenshot_text = " ".join(line.text for line in ocr_lines)
-        with_screenshot = f"{question}\n{screenshot_text}".strip()
+        with_screenshot = f"{question}\n{screenshot_text[:DENSE_CONTEXT_CHARS]}".strip()
         query_vectors = self.embedder.embed([question, with_screenshot])
         unit_vectors = self._embed_units([unit.text for unit in units])
         question_similarity = unit_vectors @ query_vectors[0]
