@@ -947,6 +947,8 @@ def serve(settings: Settings) -> None:
     # Gradio rejects larger uploads before they reach the disk, with its own message. Both
     # engine limits count mebibytes.
     max_upload_bytes = int(max(settings.max_upload_mb, settings.max_audio_mb) * 1024 * 1024)
+    # Gradio runs quiet, so this line is where a user learns the address to open.
+    print(f"Sightline is starting on http://{settings.host}:{settings.port} (Ctrl+C stops it)", flush=True)
     app.launch(server_name=settings.host, server_port=settings.port, share=False,
                max_file_size=max_upload_bytes, state_session_capacity=MAX_SESSIONS,
                ssr_mode=False, mcp_server=False, footer_links=["api", "settings"], css=CSS,
