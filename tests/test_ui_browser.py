@@ -75,10 +75,11 @@ def _wait_for_http(url: str, process: subprocess.Popen, log_path: Path) -> None:
                 f"{log_path.read_text(errors='replace')[-LOG_TAIL_CHARS:]}")
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start ``sightline serve`` on a free loopback port and stop that process at the end."""
-    folder = tmp_path_factory.mktemp("ui-server")
+def start_server(folder: Path, extra_environment: dict[str, str] | None = None) -> tuple[str, subprocess.Popen]:
+    """Start ``sightline serve`` on a free loopback port with the demo knowledge base; return its URL and process.
+
+    The data folder and the log are inside ``folder``; ``extra_environment`` adds settings.
+    """
     port = _free_port()
     log_path = folder / "serve.log"
     command = [
@@ -86,22 +87,37 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--host", "127.0.0.1", "--port", str(port),
         "--data-dir", str(folder / "data"), "--kb", str(REPO_ROOT / "knowledge_base"),
     ]
+    environment = {**_server_environment(), **(extra_environment or {})}
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=_server_environment(),
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+
     url = f"http://127.0.0.1:{port}/"
     try:
         started = time.monotonic()
         _wait_for_http(url, process, log_path)
         print(f"sightline serve answered after {time.monotonic() - started:.1f} s")
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=SERVER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    except BaseException:
+        stop_server(process)
+        raise
+    return url, process
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """Stop a server that start_server started, by its process, killing it if it does not exit in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start ``sightline serve`` on a free loopback port and stop that process at the end."""
+    url, process = start_server(tmp_path_factory.mktemp("ui-server"))
+    yield url
+    stop_server(process)
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,15 @@ from tests.test_ui_browser import (
     ANSWER_TIMEOUT_MS,
     REPO_ROOT,
     SCREENSHOT,
-    SERVER_STOP_TIMEOUT_S,
     _bot_message,
     _free_port,
     _open_page,
     _send,
     _server_environment,
-    _wait_for_http,
     browser,  # noqa: F401 - the pytest fixture
+    stop_server,
 )
+from tests.test_ui_browser import start_server as start_browser_test_server
 
 RETENTION_S = 30
 SWEEP_WAIT_S = RETENTION_S + 25
@@ -73,31 +73,10 @@ def start_server(folder: Path, extra_environment: dict[str, str]) -> Server:
     """Start ``sightline serve`` on a free loopback port with its temporary folder inside ``folder``."""
     tmp_dir = folder / "tmp"
     tmp_dir.mkdir()
-    port = _free_port()
-    log_path = folder / "serve.log"
-    environment = _server_environment()
-    environment.update({"TMPDIR": str(tmp_dir), "SIGHTLINE_MEDIA_RETENTION_S": str(RETENTION_S),
-                        **extra_environment})
-    command = [sys.executable, "-m", "app.cli", "--log-level", "INFO", "serve", "--host", "127.0.0.1",
-               "--port", str(port), "--data-dir", str(folder / "data"), "--kb", str(REPO_ROOT / "knowledge_base")]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_for_http(url, process, log_path)
-    except BaseException:
-        stop_server(process)
-        raise
+    url, process = start_browser_test_server(folder, {"TMPDIR": str(tmp_dir),
+                                                      "SIGHTLINE_MEDIA_RETENTION_S": str(RETENTION_S),
+                                                      **extra_environment})
     return Server(url=url, process=process, tmp_dir=tmp_dir, data_dir=folder / "data")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=SERVER_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="module")

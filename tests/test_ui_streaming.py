@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,15 +21,12 @@ from playwright.sync_api import Browser, expect
 
 from tests.test_ui_browser import (
     ANSWER_TIMEOUT_MS,
-    REPO_ROOT,
     SCREENSHOT,
-    SERVER_STOP_TIMEOUT_S,
-    _free_port,
     _open_page,
     _send,
-    _server_environment,
-    _wait_for_http,
     browser,  # noqa: F401 (a fixture used by name)
+    start_server,
+    stop_server,
 )
 
 MODEL_NAME = "mock-model"
@@ -102,30 +97,11 @@ def model_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory, model_url: str) -> Iterator[str]:
     """Start ``sightline serve`` with the mock model configured, and stop that process at the end."""
-    folder = tmp_path_factory.mktemp("ui-streaming")
-    port = _free_port()
-    log_path = folder / "serve.log"
-    command = [
-        sys.executable, "-m", "app.cli", "--log-level", "INFO", "serve",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--data-dir", str(folder / "data"), "--kb", str(REPO_ROOT / "knowledge_base"),
-    ]
-    environment = _server_environment()
-    environment.update({"SIGHTLINE_LLM_BASE_URL": model_url, "SIGHTLINE_LLM_MODEL": MODEL_NAME,
-                        "SIGHTLINE_LLM_MAX_RETRIES": "0"})
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_for_http(url, process, log_path)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=SERVER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    url, process = start_server(tmp_path_factory.mktemp("ui-streaming"), {
+        "SIGHTLINE_LLM_BASE_URL": model_url, "SIGHTLINE_LLM_MODEL": MODEL_NAME, "SIGHTLINE_LLM_MAX_RETRIES": "0",
+    })
+    yield url
+    stop_server(process)
 
 
 @pytest.mark.browser
