@@ -332,7 +332,7 @@ class Sightline:
         return self._audit
 
     def _record_audit(self, answer: Answer, conversation: Conversation) -> None:
-        """Append the answer to the audit record; a failure is logged and never fails the answer."""
+        """Append the answer to the audit record. An SQLite, file or settings error is logged and does not fail the answer."""
         import sqlite3
 
         try:
